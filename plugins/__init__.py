@@ -1,0 +1,1 @@
+"""The built-in plugins, registered through entry points in setup.py exactly like a third party's."""

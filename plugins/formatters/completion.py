@@ -1,0 +1,28 @@
+"""`completion`: plain text, loss on every token (continued pre-training style).
+
+    datasets:
+      - path: data/corpus.jsonl         # {"text": "..."}
+        type: completion
+        field: text
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from trainer.api import Formatter, Options, Segment
+
+
+class CompletionOptions(Options):
+    field: str = Field("text", description="Row field holding the text")
+
+
+class Completion(Formatter):
+    name = "completion"
+    Options = CompletionOptions
+
+    def format(self, row: dict[str, Any]) -> list[Segment]:
+        opts: CompletionOptions = self.options  # type: ignore[assignment]
+        return [Segment(self.field(row, opts.field), train=True)]

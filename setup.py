@@ -1,0 +1,63 @@
+"""Packaging for trainer: core requirements, extras, and the built-in plugins' entry points.
+
+Built-in plugins are registered through the same entry-point groups a third-party package uses.
+"""
+
+from setuptools import find_packages, setup
+
+BUILTIN_PLUGINS = {
+    "trainer.formatters": [
+        "prompt_completion = plugins.formatters.prompt_completion:PromptCompletion",
+        "completion = plugins.formatters.completion:Completion",
+        "alpaca = plugins.formatters.alpaca:Alpaca",
+    ],
+    "trainer.adapters": [
+        "full = plugins.adapters.full:Full",
+        "lora = plugins.adapters.lora:Lora",
+    ],
+    "trainer.attention": [
+        "eager = plugins.attention.kernels:Eager",
+        "sdpa = plugins.attention.kernels:Sdpa",
+        "flash_attention_2 = plugins.attention.kernels:FlashAttention2",
+    ],
+    "trainer.distributed": [
+        "none = plugins.distributed.single:SingleProcess",
+        "ddp = plugins.distributed.ddp:Ddp",
+    ],
+    "trainer.callbacks": [
+        "generation_eval = plugins.callbacks.generation_eval:GenerationEval",
+    ],
+}
+
+EXTRAS = {
+    "qlora": ["bitsandbytes>=0.45"],
+    "deepspeed": ["deepspeed>=0.16"],
+    "galore": ["galore-torch>=1.0"],
+    "flash-attn": ["flash-attn>=2.6"],
+    "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "pre-commit>=3", "types-PyYAML"],
+}
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "flash-attn" for req in reqs})
+
+setup(
+    name="trainer",
+    version="0.1.0",
+    description="Validated-YAML fine-tuning for LLMs, assembled from plugins on top of TRL",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*", "plugins", "plugins.*"]),
+    install_requires=[
+        "torch>=2.4,<2.14",
+        "transformers>=5.0,<6",
+        "trl>=1.0,<2",
+        "peft>=0.17",
+        "accelerate>=1.4",
+        "datasets>=3.0",
+        "pydantic>=2.7,<3",
+        "pyyaml>=6",
+        "jsonlines>=4",
+        "safetensors>=0.4",
+    ],
+    extras_require=EXTRAS,
+    entry_points=BUILTIN_PLUGINS,
+)

@@ -1,0 +1,153 @@
+"""The plugin contracts: one small base class per kind, and the `Contribution` a plugin returns.
+
+A plugin is a class with a `name`, an `Options` pydantic model (extra="forbid") and the few
+methods of its kind. Module-level imports stay light (no torch): heavy imports go inside methods,
+so that `trainer.cli.validate` can check a config without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from trainer.config.schema import TrainConfig
+
+KINDS = ("formatters", "adapters", "attention", "distributed", "callbacks")
+"""Plugin kinds; each is the entry-point group `trainer.<kind>` (public API)."""
+
+
+class Options(BaseModel):
+    """Base for a plugin's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Contribution:
+    """What one plugin adds to a run. The core merges these; two plugins setting one key differently
+    is an error naming both.
+
+    - model_kwargs: keyword arguments for `AutoModelForCausalLM.from_pretrained`
+    - sft_args: `trl.SFTConfig` fields
+    - peft_config: a `peft.PeftConfig` (at most one plugin may give one)
+    - callbacks: `transformers.TrainerCallback` instances
+    - data_collator: a collator (at most one plugin may give one)
+    """
+
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    sft_args: dict[str, Any] = field(default_factory=dict)
+    peft_config: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+    data_collator: Any = None
+
+
+class Plugin:
+    """Common base of every plugin kind."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+    requires: ClassVar[dict[str, str]] = {}
+    """Importable modules this plugin needs, mapped to the pip extra that provides them."""
+
+    def __init__(self, options: Options | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def missing_requirements(self) -> list[str]:
+        """One line per missing optional dependency, naming the extra to install."""
+        return [
+            f"needs the '{module}' package: pip install 'trainer[{extra}]'"
+            for module, extra in self.requires.items()
+            if importlib.util.find_spec(module) is None
+        ]
+
+    def check(self, config: TrainConfig) -> list[str]:
+        """Problems with running this plugin under `config` (found at validate time)."""
+        return []
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        """What this plugin adds to the run."""
+        return Contribution()
+
+
+@dataclass
+class Segment:
+    """A piece of a formatted example: `text` (or already-tokenized `ids`), trained on or not."""
+
+    text: str = ""
+    train: bool = False
+    ids: list[int] | None = None
+
+
+class RowError(ValueError):
+    """A data row a formatter cannot use; `field` names the culprit. The core adds file and line."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Formatter(Plugin):
+    """Turns one data row into segments; the core tokenizes them and masks untrained segments.
+
+    `add_bos`/`add_eos`: whether the tokenizer's BOS is prepended and EOS appended (EOS is trained,
+    so the model learns to stop).
+    """
+
+    add_bos: ClassVar[bool] = True
+    add_eos: ClassVar[bool] = True
+
+    def format(self, row: dict[str, Any]) -> list[Segment]:
+        raise NotImplementedError
+
+    @staticmethod
+    def field(row: dict[str, Any], name: str, *, optional: bool = False) -> str:
+        """Read a text field, raising RowError when missing or not a string."""
+        value = row.get(name)
+        if value is None:
+            if optional:
+                return ""
+            raise RowError(f"missing field '{name}'", field=name)
+        if not isinstance(value, str):
+            raise RowError(f"field '{name}' must be a string, got {type(value).__name__}", field=name)
+        return value
+
+
+class Adapter(Plugin):
+    """Decides which weights train: model-load kwargs, a PEFT config, or freezing."""
+
+    def prepare_model(self, model: Any, config: TrainConfig) -> Any:
+        """Adjust the loaded model before it reaches SFTTrainer (default: unchanged)."""
+        return model
+
+
+class Attention(Plugin):
+    """Chooses the attention kernel (usually a model-load kwarg)."""
+
+
+class Distributed(Plugin):
+    """Chooses how many processes run and how they talk."""
+
+    def world_size(self) -> int:
+        """Processes the run wants in total (1 = single process)."""
+        return 1
+
+    def launcher_args(self) -> list[str]:
+        """torchrun arguments that start the processes (used when not already launched)."""
+        return []
+
+
+class Callback(Plugin):
+    """Adds `transformers.TrainerCallback`s to the run."""
+
+
+BASES: dict[str, type[Plugin]] = {
+    "formatters": Formatter,
+    "adapters": Adapter,
+    "attention": Attention,
+    "distributed": Distributed,
+    "callbacks": Callback,
+}

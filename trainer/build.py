@@ -1,0 +1,196 @@
+"""Config -> plugin contributions -> one merge -> model, tokenizer, datasets, SFTConfig -> SFTTrainer.
+
+Data flows one way; nothing here edits global state. Two plugins (or a plugin and `trainer_args`)
+setting one key to different values is a config error naming both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.api import Adapter, Contribution
+from trainer.config.errors import ConfigErrors, Problem
+from trainer.config.schema import TrainConfig
+from trainer.config.validate import Resolved
+
+
+@dataclass
+class Merged:
+    """All contributions merged, with who set what (for conflict messages)."""
+
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    sft_args: dict[str, Any] = field(default_factory=dict)
+    peft_config: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+    data_collator: Any = None
+    owners: dict[str, str] = field(default_factory=dict)
+
+
+def merge(contributions: list[tuple[str, Contribution]]) -> Merged:
+    """Merge (owner, contribution) pairs; a key set twice with different values is an error."""
+    merged = Merged()
+    problems: list[Problem] = []
+
+    def put(target: dict[str, Any], section: str, key: str, value: Any, owner: str) -> None:
+        slot = f"{section}.{key}"
+        if key in target and target[key] != value:
+            problems.append(Problem((), f"{slot} is set to {target[key]!r} by {merged.owners[slot]} "
+                                    f"and to {value!r} by {owner}"))  # fmt: skip
+            return
+        target[key] = value
+        merged.owners.setdefault(slot, owner)
+
+    for owner, part in contributions:
+        for key, value in part.model_kwargs.items():
+            put(merged.model_kwargs, "model_kwargs", key, value, owner)
+        for key, value in part.sft_args.items():
+            put(merged.sft_args, "sft_args", key, value, owner)
+        for attr in ("peft_config", "data_collator"):
+            value = getattr(part, attr)
+            if value is None:
+                continue
+            if getattr(merged, attr) is not None:
+                problems.append(Problem((), f"{attr} is given by both {merged.owners[attr]} and {owner}"))
+                continue
+            setattr(merged, attr, value)
+            merged.owners[attr] = owner
+        merged.callbacks.extend(part.callbacks)
+    if problems:
+        raise ConfigErrors(problems)
+    return merged
+
+
+def contributions(resolved: Resolved) -> list[tuple[str, Contribution]]:
+    """Every chosen plugin's contribution, then trainer_args (owner 'trainer_args')."""
+    out = []
+    for chosen in resolved.plugins():
+        owner = f"{chosen.entry.kind} plugin '{chosen.entry.name}' ({chosen.entry.distribution})"
+        out.append((owner, chosen.plugin.contribute(resolved.config)))
+    out.append(("trainer_args", Contribution(sft_args=dict(resolved.config.trainer_args))))
+    return out
+
+
+def core_sft_args(config: TrainConfig) -> dict[str, Any]:
+    """SFTConfig fields that come straight from the config's own keys."""
+    warmup: float = 0
+    if config.warmup_ratio is not None:
+        warmup = config.warmup_ratio
+    elif config.warmup_steps is not None:
+        warmup = config.warmup_steps
+    evaluating = config.eval_strategy != "no"
+    args: dict[str, Any] = {
+        "output_dir": config.output_dir,
+        "per_device_train_batch_size": config.micro_batch_size,
+        "per_device_eval_batch_size": config.eval_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_train_epochs": config.num_epochs,
+        "max_steps": config.max_steps or -1,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": warmup,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "optim": config.optimizer,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "bf16": config.bf16,
+        "fp16": config.fp16,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "logging_steps": config.logging_steps,
+        "logging_first_step": True,
+        "eval_strategy": config.eval_strategy,
+        "eval_on_start": evaluating,
+        "save_strategy": config.save_strategy,
+        "save_total_limit": config.save_total_limit,
+        "load_best_model_at_end": config.load_best_model_at_end,
+        "report_to": config.report_to,
+        "max_length": config.sequence_len,
+        "packing": False,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    if config.tf32:
+        args["tf32"] = True
+    if config.eval_steps is not None:
+        args["eval_steps"] = config.eval_steps
+    if config.save_steps is not None:
+        args["save_steps"] = config.save_steps
+    if config.metric_for_best_model is not None:
+        args["metric_for_best_model"] = config.metric_for_best_model
+    return args
+
+
+def sft_config(config: TrainConfig, merged: Merged) -> Any:
+    """Build the trl.SFTConfig; an argument it rejects becomes a ConfigErrors."""
+    from trl import SFTConfig
+
+    args = core_sft_args(config)
+    for key, value in merged.sft_args.items():
+        if key in args and args[key] != value:
+            owner = merged.owners[f"sft_args.{key}"]
+            if owner != "trainer_args":  # a plugin may not silently override the user's keys
+                raise ConfigErrors([Problem((), f"{owner} sets {key}={value!r}, which the config sets to {args[key]!r}")])
+        args[key] = value
+    try:
+        return SFTConfig(**args)
+    except (ValueError, TypeError) as err:
+        raise ConfigErrors([Problem(("trainer_args",), f"rejected by SFTConfig: {err}")]) from None
+
+
+def load_tokenizer(config: TrainConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        config.tokenizer or config.base_model, trust_remote_code=config.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels are explicit, so EOS stays trained
+    return tokenizer
+
+
+def load_model(config: TrainConfig, merged: Merged, adapter: Adapter) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": "auto", "trust_remote_code": config.trust_remote_code, **merged.model_kwargs}
+    model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    return adapter.prepare_model(model, config)
+
+
+@dataclass
+class Built:
+    """Everything a run needs, assembled."""
+
+    trainer: Any
+    tokenizer: Any
+    train_dataset: Any
+    eval_dataset: Any
+    report: Any
+    cache_dir: str | None
+    args: Any
+
+
+def build_trainer(resolved: Resolved) -> Built:
+    """Assemble the SFTTrainer for a resolved config."""
+    from accelerate import PartialState
+    from trl import SFTTrainer
+
+    from trainer.data.pipeline import build_datasets
+
+    config = resolved.config
+    merged = merge(contributions(resolved))
+    args = sft_config(config, merged)
+    tokenizer = load_tokenizer(config)
+    with PartialState().main_process_first():
+        train_dataset, eval_dataset, report, cache_dir = build_datasets(resolved, tokenizer)
+    model = load_model(config, merged, resolved.adapter.plugin)  # type: ignore[arg-type]
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=merged.peft_config,
+        callbacks=merged.callbacks or None,
+        data_collator=merged.data_collator,
+    )
+    return Built(trainer, tokenizer, train_dataset, eval_dataset, report, cache_dir, args)

@@ -1,0 +1,37 @@
+"""What every command shares: config arguments and turning user mistakes into exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from trainer.config.errors import ConfigErrors
+
+USER_ERROR = 2
+
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help="the YAML config file")
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value or datasets[0].path=value (values parsed as YAML)"
+    )
+    return parser
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run a command; config and data errors print without a traceback and exit 2."""
+    from trainer.data.readers import DataError
+
+    try:
+        code = main(argv)
+    except ConfigErrors as err:
+        print(err.render(), file=sys.stderr)
+        code = USER_ERROR
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        code = USER_ERROR
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,30 @@
+"""`python -m trainer.cli.train cfg.yml [key=value ...]`: validate everything, then train.
+
+With `distributed: {type: ddp, num_processes: N}` it starts N processes itself (torchrun); under
+`torchrun` or `accelerate launch` it uses the launcher's processes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from trainer.cli.common import config_parser, run
+from trainer.config.validate import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = config_parser("python -m trainer.cli.train", __doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    resolved = load_config(args.config, args.overrides)
+
+    from trainer import run as runner
+
+    if runner.wants_relaunch(resolved):
+        return runner.relaunch(resolved, argv)
+    runner.train(resolved)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

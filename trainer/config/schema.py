@@ -1,0 +1,125 @@
+"""`TrainConfig`: the whole YAML file as a pydantic model, with Axolotl's key names.
+
+Every level forbids unknown keys. Plugin blocks (`adapter`, `attention`, `distributed`,
+`callbacks`, and each dataset's formatter options) are kept as plain dicts here and checked
+against the chosen plugin's own `Options` model by `trainer.config.validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit",
+    "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit",
+    "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor",
+    "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo",
+    "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
+    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)  # fmt: skip
+"""transformers' OptimizerNames values (a test keeps this list equal to the installed enum)."""
+
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy",
+)  # fmt: skip
+"""transformers' SchedulerType values (kept equal to the installed enum by a test)."""
+
+Strategy = Literal["no", "steps", "epoch"]
+PluginSpec = str | dict[str, Any]
+"""A plugin block: `{type: name, ...options}`, or a bare name meaning `{type: name}`."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(BaseModel):
+    """One training file or dataset; keys other than these are the formatter's options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(description="Local file (.jsonl/.json/.csv/.parquet) or a hub dataset name")
+    type: str = Field(description="Formatter plugin that turns a row into prompt/answer segments")
+    split: str = Field("train", description="Split to read (hub datasets and directories)")
+    name: str | None = Field(None, description="Hub dataset configuration name")
+    data_files: str | list[str] | None = Field(None, description="Files inside a hub dataset")
+
+
+class TrainConfig(Strict):
+    """The whole config file."""
+
+    # model
+    base_model: str = Field(description="Local directory or hub id of the model to fine-tune")
+    tokenizer: str | None = Field(None, description="Tokenizer location (default: base_model)")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint")
+    # data
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Training data, concatenated")
+    val_set_size: float = Field(
+        0.0, ge=0, description="Held-out share (0 < x < 1) or row count (x >= 1) for evaluation"
+    )
+    dataset_prepared_path: str | None = Field(
+        None, description="Directory for the tokenized-dataset cache (reused when nothing changed)"
+    )
+    on_bad_rows: Literal["fail", "skip"] = Field(
+        "fail", description="A malformed row stops the run (fail) or is skipped and counted (skip)"
+    )
+    sequence_len: int = Field(2048, gt=0, description="Max tokens per example; longer are truncated")
+    max_train_samples: int | None = Field(None, gt=0, description="Use only the first N train rows")
+    max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N eval rows")
+    # batch and schedule
+    micro_batch_size: int = Field(1, gt=0, description="Examples per device per forward pass")
+    eval_batch_size: int | None = Field(None, gt=0, description="Default: micro_batch_size")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after N optimizer steps")
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warmup as a share of steps")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup as a number of steps")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    seed: int = 42
+    # precision and memory
+    bf16: bool = False
+    fp16: bool = False
+    tf32: bool = False
+    gradient_checkpointing: bool = False
+    # logging, evaluation, saving
+    logging_steps: float = Field(10, gt=0, description="Steps between logs; 0 < x < 1 = ratio")
+    eval_strategy: Strategy | None = Field(
+        None, description="Default: 'steps' when eval_steps is set, else 'epoch' with a val set"
+    )
+    eval_steps: float | None = Field(None, gt=0, description="Steps between evals; 0<x<1 = ratio")
+    save_strategy: Strategy = "epoch"
+    save_steps: float | None = Field(None, gt=0, description="Steps between saves; 0<x<1 = ratio")
+    save_total_limit: int | None = Field(None, gt=0)
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    report_to: str | list[str] = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+    # output
+    output_dir: str = Field(description="Where the final model, tokenizer and logs go")
+    overwrite_output_dir: bool = Field(False, description="Replace an earlier run in output_dir")
+    resume_from_checkpoint: bool | str | None = Field(
+        None, description="true = latest checkpoint in output_dir, or a checkpoint directory"
+    )
+    # plugins
+    adapter: PluginSpec = Field("full", description="Which weights train: full, lora, ...")
+    attention: PluginSpec = Field("sdpa", description="Attention kernel: eager, sdpa, ...")
+    distributed: PluginSpec = Field("none", description="Processes: none, ddp, ...")
+    callbacks: list[PluginSpec] = Field(default_factory=list, description="Callback plugins")
+    # escape hatch
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any other trl.SFTConfig field, checked against SFTConfig"
+    )
+
+
+PLUGIN_FIELDS = {"adapter": "adapters", "attention": "attention", "distributed": "distributed"}
+"""Single-block plugin keys of TrainConfig and their plugin kind."""

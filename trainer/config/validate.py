@@ -1,0 +1,360 @@
+"""Turn a YAML file (+ overrides) into a `Resolved` run description, or every problem at once.
+
+Order: YAML with lines -> overrides -> core keys (TrainConfig) -> each plugin block against its
+plugin's Options -> trainer_args against SFTConfig -> cross-key rules -> each plugin's own checks.
+Nothing here loads a model or a dataset, and torch is imported only when `trainer_args` is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from trainer.api import Adapter, Attention, Callback, Distributed, Formatter, Plugin
+from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
+from trainer.config.overrides import apply_overrides
+from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, TrainConfig
+from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
+from trainer.registry import Entry, PluginError, Registry, default_registry
+
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
+
+# SFTConfig fields that have a first-class key of their own.
+OWNED_BY_TOP_LEVEL = {
+    "output_dir": "output_dir", "per_device_train_batch_size": "micro_batch_size",
+    "per_device_eval_batch_size": "eval_batch_size", "learning_rate": "learning_rate",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "num_train_epochs": "num_epochs",
+    "max_steps": "max_steps", "lr_scheduler_type": "lr_scheduler", "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "optim": "optimizer",
+    "seed": "seed", "bf16": "bf16", "fp16": "fp16", "tf32": "tf32",
+    "gradient_checkpointing": "gradient_checkpointing", "logging_steps": "logging_steps",
+    "eval_strategy": "eval_strategy", "eval_steps": "eval_steps", "save_strategy": "save_strategy",
+    "save_steps": "save_steps", "save_total_limit": "save_total_limit",
+    "load_best_model_at_end": "load_best_model_at_end", "report_to": "report_to",
+    "metric_for_best_model": "metric_for_best_model", "max_length": "sequence_len",
+    "resume_from_checkpoint": "resume_from_checkpoint", "trust_remote_code": "trust_remote_code",
+}  # fmt: skip
+
+
+@dataclass
+class Chosen:
+    """A plugin chosen by the config: where it was chosen, its registry entry and its instance."""
+
+    path: Path
+    entry: Entry
+    plugin: Plugin
+
+
+@dataclass
+class Resolved:
+    """A validated config with its plugins instantiated."""
+
+    config: TrainConfig
+    source: SourceMap
+    adapter: Chosen
+    attention: Chosen
+    distributed: Chosen
+    callbacks: list[Chosen] = field(default_factory=list)
+    formatters: list[Chosen] = field(default_factory=list)
+
+    def plugins(self) -> list[Chosen]:
+        return [*self.formatters, self.adapter, self.attention, self.distributed, *self.callbacks]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config with every default filled in and plugin blocks expanded; re-runnable."""
+        data = self.config.model_dump(mode="json")
+        for key in PLUGIN_FIELDS:
+            data[key] = _block(getattr(self, key))
+        data["callbacks"] = [_block(c) for c in self.callbacks]
+        data["datasets"] = [
+            {**spec.model_dump(mode="json", exclude=set(spec.model_extra or {})), **_block(chosen)}
+            for spec, chosen in zip(self.config.datasets, self.formatters, strict=True)
+        ]
+        return data
+
+
+def _block(chosen: Chosen) -> dict[str, Any]:
+    return {"type": chosen.entry.name, **chosen.plugin.options.model_dump(mode="json")}
+
+
+def load_config(
+    path: str, overrides: list[str] | None = None, registry: Registry | None = None
+) -> Resolved:
+    """Validate a config file; raises ConfigErrors listing every problem found."""
+    registry = registry or default_registry()
+    try:
+        data, source = load_yaml(path)
+    except YamlSyntaxError as err:
+        raise ConfigErrors([Problem((), err.message, f"{err.file}:{err.line}")]) from None
+    except OSError as err:
+        raise ConfigErrors([Problem((), f"cannot read config: {err.strerror}", path)]) from None
+    return resolve(data, source, overrides or [], registry)
+
+
+def resolve(
+    data: Any, source: SourceMap, overrides: list[str], registry: Registry
+) -> Resolved:
+    """Validate already-parsed YAML data (see load_config)."""
+    if not isinstance(data, dict):
+        raise ConfigErrors([Problem((), "the config must be a mapping of keys", source.file)])
+    problems, source.overrides = apply_overrides(data, overrides)
+    config = _validate_core(data, problems)
+    chosen = _choose_plugins(data, registry, problems)
+    if "trainer_args" in data and isinstance(data["trainer_args"], dict):
+        problems += _check_trainer_args(data["trainer_args"])
+    if config is not None:
+        config = _fill_defaults(config)
+        problems += _cross_checks(config)
+        problems += _check_paths(config)
+        for item in chosen.values():
+            items = item if isinstance(item, list) else [item]
+            for one in filter(None, items):
+                for message in one.plugin.missing_requirements() + one.plugin.check(config):
+                    problems.append(Problem(one.path, message))
+    for problem in problems:
+        problem.where = problem.where or source.where(problem.path)
+    if problems:
+        problems.sort(key=lambda p: _line_of(p))
+        raise ConfigErrors(problems)
+    assert config is not None
+    return Resolved(config=config, source=source, **chosen)  # type: ignore[arg-type]
+
+
+def _line_of(problem: Problem) -> tuple[int, str]:
+    match = re.search(r":(\d+)$", problem.where)
+    return (int(match.group(1)) if match else 10**9, problem.render())
+
+
+# ---- core keys -------------------------------------------------------------------------------
+
+
+def _validate_core(data: dict[str, Any], problems: list[Problem]) -> TrainConfig | None:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        seen: set[Path] = set()
+        for error in err.errors():
+            path = _trim_loc(data, error["loc"], error["type"])
+            if path in seen:
+                continue
+            seen.add(path)
+            problems.append(Problem(path, _message(error, path, TrainConfig)))
+        return None
+
+
+def _trim_loc(data: Any, loc: tuple[Any, ...], kind: str) -> Path:
+    """Cut pydantic's union-member tags out of a location: keep the part that exists in data."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif last and kind == "missing":
+            path.append(part)
+            break
+        else:
+            break
+        path.append(part)
+    return tuple(path)
+
+
+def _message(error: Any, path: Path, model: type[BaseModel]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        fields = _fields_at(model, path[:-1])
+        return f"unknown key '{path[-1]}'{did_you_mean(str(path[-1]), fields)}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        given = error.get("input")
+        choices = re.findall(r"'([^']*)'", allowed)
+        return f"unknown value {given!r}{did_you_mean(str(given), choices)}; expected one of {allowed}"
+    given = error.get("input")
+    shown = f" (got {given!r})" if not isinstance(given, dict | list) else ""
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
+
+
+def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
+    """Field names of the pydantic model found at `path` (for did-you-mean)."""
+    if path and path[0] == "datasets":
+        return list(DatasetSpec.model_fields)
+    return list(model.model_fields)
+
+
+# ---- plugins ---------------------------------------------------------------------------------
+
+
+def _choose_plugins(
+    data: dict[str, Any], registry: Registry, problems: list[Problem]
+) -> dict[str, Any]:
+    chosen: dict[str, Any] = {}
+    for key, kind in PLUGIN_FIELDS.items():
+        block = data.get(key, TrainConfig.model_fields[key].default)
+        chosen[key] = _choose(registry, kind, (key,), block, problems)
+    callbacks = data.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        problems.append(Problem(("callbacks",), "must be a list of callback blocks"))
+        callbacks = []
+    chosen["callbacks"] = [
+        _choose(registry, "callbacks", ("callbacks", i), block, problems)
+        for i, block in enumerate(callbacks)
+    ]
+    formatters = []
+    for i, spec in enumerate(data.get("datasets") or []):
+        if isinstance(spec, dict) and "type" in spec:
+            options = {k: v for k, v in spec.items() if k not in DatasetSpec.model_fields}
+            formatters.append(
+                _choose(registry, "formatters", ("datasets", i), {**options, "type": spec["type"]}, problems)
+            )
+    chosen["formatters"] = formatters
+    return chosen  # entries may be None where a problem was recorded
+
+
+def _choose(
+    registry: Registry, kind: str, path: Path, block: Any, problems: list[Problem]
+) -> Chosen | None:
+    if isinstance(block, str):
+        block = {"type": block}
+    if not isinstance(block, dict):
+        problems.append(Problem(path, "must be a plugin name or a mapping with 'type'"))
+        return None
+    name = block.get("type")
+    if not isinstance(name, str):
+        problems.append(Problem((*path, "type"), "required key 'type' (the plugin name) is missing"))
+        return None
+    try:
+        entry = registry.entry(kind, name)
+        cls = entry.load()
+    except PluginError as err:
+        problems.append(Problem((*path, "type"), str(err)))
+        return None
+    options = {k: v for k, v in block.items() if k != "type"}
+    try:
+        parsed = cls.Options.model_validate(options)
+    except ValidationError as err:
+        for error in err.errors():
+            sub = _trim_loc(options, error["loc"], error["type"])
+            problems.append(Problem((*path, *sub), _message(error, sub, cls.Options)))
+        return None
+    return Chosen(path=path, entry=entry, plugin=cls(parsed))
+
+
+# ---- trainer_args ----------------------------------------------------------------------------
+
+
+def sft_config_fields() -> set[str]:
+    """Names of trl.SFTConfig's fields (imports trl, hence torch)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    return {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+
+
+def _check_trainer_args(args: dict[str, Any]) -> list[Problem]:
+    known = sft_config_fields()
+    problems = []
+    for key in args:
+        path = ("trainer_args", key)
+        if key in OWNED_BY_TOP_LEVEL:
+            problems.append(Problem(path, f"set this with the top-level key '{OWNED_BY_TOP_LEVEL[key]}'"))
+        elif key not in known:
+            problems.append(Problem(path, f"not a trl.SFTConfig field{did_you_mean(key, known)}"))
+    return problems
+
+
+# ---- cross-key rules -------------------------------------------------------------------------
+
+
+def _fill_defaults(config: TrainConfig) -> TrainConfig:
+    """Resolve the defaults that depend on other keys, so the resolved file states them."""
+    updates: dict[str, Any] = {}
+    if config.eval_strategy is None:
+        has_val = config.val_set_size > 0
+        updates["eval_strategy"] = "steps" if config.eval_steps else ("epoch" if has_val else "no")
+    if config.eval_batch_size is None:
+        updates["eval_batch_size"] = config.micro_batch_size
+    if config.save_strategy == "steps" and config.save_steps is None:
+        updates["save_steps"] = 500
+    if config.load_best_model_at_end and config.metric_for_best_model is None:
+        updates["metric_for_best_model"] = "eval_loss"
+    return config.model_copy(update=updates)
+
+
+def _cross_checks(c: TrainConfig) -> list[Problem]:
+    problems = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem((key,), message))
+
+    if c.warmup_ratio is not None and c.warmup_steps is not None:
+        bad("warmup_steps", "set warmup_ratio or warmup_steps, not both")
+    if c.bf16 and c.fp16:
+        bad("fp16", "set bf16 or fp16, not both")
+    if c.eval_strategy != "no" and c.val_set_size == 0:
+        bad("eval_strategy", f"'{c.eval_strategy}' needs held-out data: set val_set_size")
+    if c.eval_steps is not None and c.eval_strategy != "steps":
+        bad("eval_steps", f"has no effect with eval_strategy '{c.eval_strategy}'")
+    if c.save_steps is not None and c.save_strategy != "steps":
+        bad("save_steps", f"has no effect with save_strategy '{c.save_strategy}'")
+    if c.val_set_size >= 1 and c.val_set_size != int(c.val_set_size):
+        bad("val_set_size", "a count of rows must be a whole number (or use 0 < x < 1 for a share)")
+    for key in ("eval_steps", "save_steps", "logging_steps"):
+        value = getattr(c, key)
+        if value is not None and value > 1 and value != int(value):
+            bad(key, "must be a whole number of steps, or a ratio 0 < x < 1 of the total steps")
+    if c.load_best_model_at_end:
+        if c.eval_strategy == "no":
+            bad("load_best_model_at_end", "needs evaluation: set val_set_size and eval_strategy")
+        elif c.save_strategy != c.eval_strategy:
+            bad(
+                "save_strategy",
+                f"must equal eval_strategy ('{c.eval_strategy}') with load_best_model_at_end",
+            )
+        elif c.save_strategy == "steps" and c.eval_steps and c.save_steps:
+            if (c.eval_steps < 1) != (c.save_steps < 1):
+                bad("save_steps", "with load_best_model_at_end give save_steps and eval_steps "
+                    "both as step counts or both as ratios")  # fmt: skip
+            elif not _is_multiple(c.save_steps, c.eval_steps):
+                bad("save_steps", f"must be a multiple of eval_steps ({c.eval_steps:g}) "
+                    "with load_best_model_at_end")  # fmt: skip
+    if c.overwrite_output_dir and c.resume_from_checkpoint:
+        bad("resume_from_checkpoint", "cannot resume and overwrite output_dir at once")
+    return problems
+
+
+def _is_multiple(big: float, small: float) -> bool:
+    ratio = big / small
+    return abs(ratio - round(ratio)) < 1e-6 and round(ratio) >= 1
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+
+
+def _check_paths(c: TrainConfig) -> list[Problem]:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    problems = []
+
+    def check(path: Path, name: str, what: str, is_file: bool) -> None:
+        if os.path.exists(os.path.expanduser(name)):
+            return
+        if is_file or _looks_local(name):
+            problems.append(Problem(path, f"{what} '{name}' does not exist"))
+        elif offline:
+            problems.append(Problem(path, f"{what} '{name}' is not a local path and HF_HUB_OFFLINE is set"))
+
+    check(("base_model",), c.base_model, "model", is_file=False)
+    if c.tokenizer:
+        check(("tokenizer",), c.tokenizer, "tokenizer", is_file=False)
+    for i, spec in enumerate(c.datasets):
+        check(("datasets", i, "path"), spec.path, "dataset", spec.path.endswith(LOCAL_DATA_SUFFIXES))
+    return problems

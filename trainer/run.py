@@ -1,0 +1,101 @@
+"""One training run, top to bottom: launch processes if asked, guard output_dir, build, train, save.
+
+Also usable from Python: `train(load_config("cfg.yml"))` returns the `Built` run after training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+from trainer.build import Built, build_trainer, contributions, merge, sft_config
+from trainer.config.validate import Resolved
+from trainer.outputs import check_output_dir, clear_previous_run, save_final, write_resolved
+
+CHECKED_ENV = "TRAINER_OUTPUT_DIR_CHECKED"
+
+
+def launched() -> bool:
+    """True inside torchrun / accelerate launch (or any launcher that sets WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def relaunch(resolved: Resolved, argv: list[str]) -> int:
+    """Start the configured number of processes with torchrun, running the same command."""
+    config = resolved.config
+    check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
+    if config.overwrite_output_dir:
+        clear_previous_run(config.output_dir)
+    launcher = resolved.distributed.plugin.launcher_args()  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
+    print("launching: " + " ".join(command), flush=True)
+    return subprocess.call(command, env={**os.environ, CHECKED_ENV: "1"})
+
+
+def wants_relaunch(resolved: Resolved) -> bool:
+    return resolved.distributed.plugin.world_size() > 1 and not launched()  # type: ignore[attr-defined]
+
+
+def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
+    config = resolved.config
+    if os.environ.get(CHECKED_ENV) != "1":
+        check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
+        barrier()  # every rank has looked before any rank writes
+        if main and config.overwrite_output_dir:
+            clear_previous_run(config.output_dir)
+    if main:
+        write_resolved(config.output_dir, resolved.to_dict())
+    barrier()
+
+
+def train(resolved: Resolved, log: Any = print) -> Built:
+    """Run training for a resolved config and save the outputs; returns the built run."""
+    config = resolved.config
+    args = sft_config(config, merge(contributions(resolved)))  # fails fast on bad trainer_args
+    state = args.distributed_state  # initializes the process group under a launcher
+    main = state.is_main_process
+    _prepare_output_dir(resolved, main, state.wait_for_everyone)
+    built = build_trainer(resolved)
+    trainer = built.trainer
+    if main:
+        for line in start_report(built, state.num_processes):
+            log(line)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint or None)
+    save_final(trainer, config.output_dir)
+    if main:
+        for line in end_report(built):
+            log(line)
+    return built
+
+
+def start_report(built: Built, processes: int) -> list[str]:
+    args = built.args
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    batches = math.ceil(len(built.train_dataset) / (args.per_device_train_batch_size * processes))
+    steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    lines = ["data: " + line for line in built.report.lines()]
+    if built.cache_dir:
+        lines.append(f"data: prepared dataset cache {built.cache_dir}")
+    lines.append(
+        f"effective batch size {per_step} = micro {args.per_device_train_batch_size} x accumulation "
+        f"{args.gradient_accumulation_steps} x processes {processes}; ~{steps} optimizer steps "
+        f"({steps_per_epoch} per epoch)"
+    )
+    return lines
+
+
+def end_report(built: Built) -> list[str]:
+    history = built.trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    lines = []
+    if train_losses:
+        lines.append(f"train loss: first logged {train_losses[0]:.4f} -> last logged {train_losses[-1]:.4f}")
+    if len(eval_losses) >= 2:
+        lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
+    lines.append(f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json)")
+    return lines
