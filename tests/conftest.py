@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny Llama + tokenizer and the toy task, built once per session by the repo's
+own deterministic scripts; everything offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a char-level tokenizer; pad token unset (EOS is used as pad)."""
+    import make_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_model.main(["--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy instruction task: train.jsonl and eval.jsonl with prompt/generation fields."""
+    import make_toy_data
+
+    out = tmp_path_factory.mktemp("data") / "toy"
+    make_toy_data.main(["--out", str(out)])
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a YAML config (dedented) to tmp_path and return its path."""
+
+    def write(text: str, name: str = "cfg.yml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    return write
