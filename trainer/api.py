@@ -26,6 +26,9 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_BaseOptions = Options
+
+
 @dataclass
 class Contribution:
     """What one plugin adds to a run. The core merges these; two plugins setting one key differently
@@ -49,11 +52,11 @@ class Plugin:
     """Common base of every plugin kind."""
 
     name: ClassVar[str] = ""
-    Options: ClassVar[type[Options]] = Options
+    Options: ClassVar[type[_BaseOptions]] = _BaseOptions
     requires: ClassVar[dict[str, str]] = {}
     """Importable modules this plugin needs, mapped to the pip extra that provides them."""
 
-    def __init__(self, options: Options | None = None):
+    def __init__(self, options: _BaseOptions | None = None):
         self.options = options if options is not None else self.Options()
 
     def missing_requirements(self) -> list[str]:

@@ -35,8 +35,12 @@ def merge(contributions: list[tuple[str, Contribution]]) -> Merged:
     def put(target: dict[str, Any], section: str, key: str, value: Any, owner: str) -> None:
         slot = f"{section}.{key}"
         if key in target and target[key] != value:
-            problems.append(Problem((), f"{slot} is set to {target[key]!r} by {merged.owners[slot]} "
-                                    f"and to {value!r} by {owner}"))  # fmt: skip
+            problems.append(
+                Problem(
+                    (),
+                    f"{slot} is set to {target[key]!r} by {merged.owners[slot]} and to {value!r} by {owner}",
+                )
+            )
             return
         target[key] = value
         merged.owners.setdefault(slot, owner)
@@ -129,7 +133,9 @@ def sft_config(config: TrainConfig, merged: Merged) -> Any:
         if key in args and args[key] != value:
             owner = merged.owners[f"sft_args.{key}"]
             if owner != "trainer_args":  # a plugin may not silently override the user's keys
-                raise ConfigErrors([Problem((), f"{owner} sets {key}={value!r}, which the config sets to {args[key]!r}")])
+                raise ConfigErrors(
+                    [Problem((), f"{owner} sets {key}={value!r}, which the config sets to {args[key]!r}")]
+                )
         args[key] = value
     try:
         return SFTConfig(**args)

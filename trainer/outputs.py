@@ -20,11 +20,25 @@ def check_output_dir(output_dir: str, overwrite: bool, resume: bool | str | None
     if resume:
         return
     if not overwrite:
-        raise ConfigErrors([Problem(("output_dir",), f"'{output_dir}' exists and is not empty; set "
-                            "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true")])  # fmt: skip
+        raise ConfigErrors(
+            [
+                Problem(
+                    ("output_dir",),
+                    f"'{output_dir}' exists and is not empty; set "
+                    "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true",
+                )
+            ]
+        )
     if not os.path.isfile(os.path.join(output_dir, RESOLVED_NAME)):
-        raise ConfigErrors([Problem(("output_dir",), f"'{output_dir}' is not empty and was not written by "
-                            "trainer (no config.resolved.yml); refusing to delete it")])  # fmt: skip
+        raise ConfigErrors(
+            [
+                Problem(
+                    ("output_dir",),
+                    f"'{output_dir}' is not empty and was not written by "
+                    "trainer (no config.resolved.yml); refusing to delete it",
+                )
+            ]
+        )
 
 
 def clear_previous_run(output_dir: str) -> None:

@@ -43,7 +43,7 @@ class Entry:
             base = BASES[self.kind]
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise TypeError(f"{self.target} is not a subclass of trainer.api.{base.__name__}")
-        except Exception as err:  # noqa: BLE001 - any import failure is reported, not raised
+        except Exception as err:
             self._error = (
                 f"{self.kind} plugin '{self.name}' from {self.distribution} {self.version} "
                 f"failed to load: {type(err).__name__}: {err}"
@@ -65,9 +65,7 @@ class Entry:
 class Registry:
     """Plugins by kind and name. Conflicting claims are kept so that using them is an error."""
 
-    entries: dict[str, dict[str, list[Entry]]] = field(
-        default_factory=lambda: {kind: {} for kind in KINDS}
-    )
+    entries: dict[str, dict[str, list[Entry]]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
 
     @classmethod
     def discover(cls) -> Registry:

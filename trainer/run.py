@@ -97,5 +97,7 @@ def end_report(built: Built) -> list[str]:
         lines.append(f"train loss: first logged {train_losses[0]:.4f} -> last logged {train_losses[-1]:.4f}")
     if len(eval_losses) >= 2:
         lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
-    lines.append(f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json)")
+    lines.append(
+        f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json)"
+    )
     return lines

@@ -1,11 +1,11 @@
 """`lora`: low-rank adapters through PEFT; the output is a PEFT adapter that loads on the base.
 
-    adapter:
-      type: lora
-      r: 16
-      alpha: 32
-      dropout: 0.05
-      target_modules: all-linear      # or a list like [q_proj, v_proj]
+adapter:
+  type: lora
+  r: 16
+  alpha: 32
+  dropout: 0.05
+  target_modules: all-linear      # or a list like [q_proj, v_proj]
 """
 
 from __future__ import annotations

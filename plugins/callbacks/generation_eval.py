@@ -52,8 +52,9 @@ def read_pairs(path: str, prompt_field: str, answer_field: str, limit: int | Non
     return pairs
 
 
-def score(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_new_tokens: int = 32,
-          batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
+def score(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_new_tokens: int = 32, batch_size: int = 32
+) -> dict[str, Any]:
     """Answer loss and greedy exact match of `model` on (prompt, answer) pairs."""
     import torch
 
@@ -67,7 +68,7 @@ def score(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_new_toke
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start : start + batch_size]
             prompts = [tokenizer(p).input_ids for p, _ in batch]
-            answers = [tokenizer(a, add_special_tokens=False).input_ids + [eos] for _, a in batch]
+            answers = [[*tokenizer(a, add_special_tokens=False).input_ids, eos] for _, a in batch]
             # answer loss, right-padded
             seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
             width = max(map(len, seqs))
@@ -81,9 +82,11 @@ def score(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_new_toke
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
             losses = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            )  # fmt: skip
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
             total_loss += losses.item()
             total_tokens += int((shift_labels != -100).sum())
             # greedy generation, left-padded
@@ -94,9 +97,13 @@ def score(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_new_toke
                 gen_ids[i, width - len(p) :] = torch.tensor(p)
                 gen_mask[i, width - len(p) :] = 1
             out = model.generate(
-                input_ids=gen_ids.to(device), attention_mask=gen_mask.to(device), do_sample=False,
-                max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-            )  # fmt: skip
+                input_ids=gen_ids.to(device),
+                attention_mask=gen_mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
             for (prompt, answer), row in zip(batch, out[:, width:], strict=True):
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 correct += text == answer.strip()
@@ -131,10 +138,15 @@ def make_callback(opts: GenerationEvalOptions) -> Any:
                 flush=True,
             )
             for sample in result["samples"][: opts.show]:
-                print(f"    {sample['prompt']!r} -> {sample['generated']!r} (expected {sample['expected']!r})")
+                print(
+                    f"    {sample['prompt']!r} -> {sample['generated']!r} (expected {sample['expected']!r})"
+                )
             state.log_history.append(
-                {f"heldout_{when}_loss": result["loss"], f"heldout_{when}_exact_match": result["exact_match"],
-                 "step": state.global_step}  # fmt: skip
+                {
+                    f"heldout_{when}_loss": result["loss"],
+                    f"heldout_{when}_exact_match": result["exact_match"],
+                    "step": state.global_step,
+                }
             )
             if when == "after":
                 summary = {k: {m: v for m, v in r.items() if m != "samples"} for k, r in self.results.items()}
@@ -145,7 +157,8 @@ def make_callback(opts: GenerationEvalOptions) -> Any:
                 if "before" in self.results:
                     before = self.results["before"]
                     print(
-                        f"held-out before -> after: answer loss {before['loss']:.4f} -> {result['loss']:.4f}, "
+                        f"held-out before -> after: answer loss {before['loss']:.4f} -> "
+                        f"{result['loss']:.4f}, "
                         f"exact match {before['exact_match']:.1%} -> {result['exact_match']:.1%}",
                         flush=True,
                     )

@@ -1,9 +1,9 @@
 """`completion`: plain text, loss on every token (continued pre-training style).
 
-    datasets:
-      - path: data/corpus.jsonl         # {"text": "..."}
-        type: completion
-        field: text
+datasets:
+  - path: data/corpus.jsonl         # {"text": "..."}
+    type: completion
+    field: text
 """
 
 from __future__ import annotations

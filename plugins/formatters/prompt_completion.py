@@ -1,11 +1,11 @@
 """`prompt_completion`: a prompt field and a completion field; loss on the completion (+ EOS) only.
 
-    datasets:
-      - path: data/train.jsonl          # {"prompt": "...", "generation": "..."}
-        type: prompt_completion
-        prompt_field: prompt
-        completion_field: generation
-        system_prompt: "You are terse.\\n"   # optional, prepended to every prompt (not trained)
+datasets:
+  - path: data/train.jsonl          # {"prompt": "...", "generation": "..."}
+    type: prompt_completion
+    prompt_field: prompt
+    completion_field: generation
+    system_prompt: "You are terse.\\n"   # optional, prepended to every prompt (not trained)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.api import Adapter, Attention, Callback, Distributed, Formatter, Plugin
+from trainer.api import Plugin
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.overrides import apply_overrides
 from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, TrainConfig
@@ -81,9 +81,7 @@ def _block(chosen: Chosen) -> dict[str, Any]:
     return {"type": chosen.entry.name, **chosen.plugin.options.model_dump(mode="json")}
 
 
-def load_config(
-    path: str, overrides: list[str] | None = None, registry: Registry | None = None
-) -> Resolved:
+def load_config(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Resolved:
     """Validate a config file; raises ConfigErrors listing every problem found."""
     registry = registry or default_registry()
     try:
@@ -95,9 +93,7 @@ def load_config(
     return resolve(data, source, overrides or [], registry)
 
 
-def resolve(
-    data: Any, source: SourceMap, overrides: list[str], registry: Registry
-) -> Resolved:
+def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Registry) -> Resolved:
     """Validate already-parsed YAML data (see load_config)."""
     if not isinstance(data, dict):
         raise ConfigErrors([Problem((), "the config must be a mapping of keys", source.file)])
@@ -152,9 +148,9 @@ def _trim_loc(data: Any, loc: tuple[Any, ...], kind: str) -> Path:
     node = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
         elif last and kind == "missing":
             path.append(part)
@@ -192,9 +188,7 @@ def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
 # ---- plugins ---------------------------------------------------------------------------------
 
 
-def _choose_plugins(
-    data: dict[str, Any], registry: Registry, problems: list[Problem]
-) -> dict[str, Any]:
+def _choose_plugins(data: dict[str, Any], registry: Registry, problems: list[Problem]) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     for key, kind in PLUGIN_FIELDS.items():
         block = data.get(key, TrainConfig.model_fields[key].default)
@@ -204,8 +198,7 @@ def _choose_plugins(
         problems.append(Problem(("callbacks",), "must be a list of callback blocks"))
         callbacks = []
     chosen["callbacks"] = [
-        _choose(registry, "callbacks", ("callbacks", i), block, problems)
-        for i, block in enumerate(callbacks)
+        _choose(registry, "callbacks", ("callbacks", i), block, problems) for i, block in enumerate(callbacks)
     ]
     formatters = []
     for i, spec in enumerate(data.get("datasets") or []):
@@ -218,9 +211,7 @@ def _choose_plugins(
     return chosen  # entries may be None where a problem was recorded
 
 
-def _choose(
-    registry: Registry, kind: str, path: Path, block: Any, problems: list[Problem]
-) -> Chosen | None:
+def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: list[Problem]) -> Chosen | None:
     if isinstance(block, str):
         block = {"type": block}
     if not isinstance(block, dict):
@@ -321,11 +312,16 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
             )
         elif c.save_strategy == "steps" and c.eval_steps and c.save_steps:
             if (c.eval_steps < 1) != (c.save_steps < 1):
-                bad("save_steps", "with load_best_model_at_end give save_steps and eval_steps "
-                    "both as step counts or both as ratios")  # fmt: skip
+                bad(
+                    "save_steps",
+                    "with load_best_model_at_end give save_steps and eval_steps "
+                    "both as step counts or both as ratios",
+                )
             elif not _is_multiple(c.save_steps, c.eval_steps):
-                bad("save_steps", f"must be a multiple of eval_steps ({c.eval_steps:g}) "
-                    "with load_best_model_at_end")  # fmt: skip
+                bad(
+                    "save_steps",
+                    f"must be a multiple of eval_steps ({c.eval_steps:g}) with load_best_model_at_end",
+                )
     if c.overwrite_output_dir and c.resume_from_checkpoint:
         bad("resume_from_checkpoint", "cannot resume and overwrite output_dir at once")
     return problems

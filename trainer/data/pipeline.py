@@ -110,13 +110,13 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> tuple[Any, Any, DataRe
             train = datasets.load_from_disk(os.path.join(cache_dir, "train"))
             has_eval = os.path.isdir(os.path.join(cache_dir, "eval"))
             evals = datasets.load_from_disk(os.path.join(cache_dir, "eval")) if has_eval else None
-            return _limit(train, evals, resolved, report) + (report, cache_dir)
+            return (*_limit(train, evals, resolved, report), report, cache_dir)
     columns, report = encode_rows(resolved, tokenizer)
     full = datasets.Dataset.from_dict(columns)
     train, evals = split(full, config.val_set_size, config.seed)
     if cache_dir:
         _write_cache(cache_dir, train, evals, report)
-    return _limit(train, evals, resolved, report) + (report, cache_dir)
+    return (*_limit(train, evals, resolved, report), report, cache_dir)
 
 
 def split(dataset: Any, val_set_size: float, seed: int) -> tuple[Any, Any]:

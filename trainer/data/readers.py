@@ -66,7 +66,7 @@ def _json(path: str) -> Iterator[Row]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(path, "a .json dataset must be a list of objects (or {\"data\": [...]})")
+        raise DataError(path, 'a .json dataset must be a list of objects (or {"data": [...]})')
     for number, row in enumerate(data, start=1):
         yield f"{path} row {number}", row
 
@@ -94,7 +94,7 @@ def _load_dataset(spec: DatasetSpec) -> Iterator[Row]:
         dataset = datasets.load_dataset(
             spec.path, name=spec.name, split=spec.split, data_files=spec.data_files
         )
-    except Exception as err:  # noqa: BLE001 - report any loader failure as a data error
+    except Exception as err:
         raise DataError(spec.path, f"cannot load dataset: {type(err).__name__}: {err}") from None
     for number, row in enumerate(dataset, start=1):
         yield f"{spec.path} [{spec.split}] row {number}", row
