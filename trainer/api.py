@@ -67,8 +67,9 @@ class Plugin:
             if importlib.util.find_spec(module) is None
         ]
 
-    def check(self, config: TrainConfig) -> list[str]:
-        """Problems with running this plugin under `config` (found at validate time)."""
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        """Problems with running this plugin under `config`, found at validate time: a message, or
+        (option name, message) to point at one of the plugin's options."""
         return []
 
     def contribute(self, config: TrainConfig) -> Contribution:

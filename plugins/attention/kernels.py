@@ -32,7 +32,7 @@ class FlashAttention2(_Kernel):
 
     name = implementation = "flash_attention_2"
 
-    def check(self, config: TrainConfig) -> list[str]:
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if importlib.util.find_spec("flash_attn") is None:
             return [
                 "flash_attention_2 is unavailable: the 'flash_attn' package is not installed "

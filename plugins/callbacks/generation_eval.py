@@ -176,9 +176,9 @@ class GenerationEval(Callback):
     name = "generation_eval"
     Options = GenerationEvalOptions
 
-    def check(self, config: TrainConfig) -> list[str]:
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         opts: GenerationEvalOptions = self.options  # type: ignore[assignment]
-        return [] if os.path.isfile(opts.path) else [f"path '{opts.path}' does not exist"]
+        return [] if os.path.isfile(opts.path) else [("path", f"file '{opts.path}' does not exist")]
 
     def contribute(self, config: TrainConfig) -> Contribution:
         return Contribution(callbacks=[make_callback(self.options)])  # type: ignore[arg-type]

@@ -37,9 +37,9 @@ class Ddp(Distributed):
     def opts(self) -> DdpOptions:
         return self.options  # type: ignore[return-value]
 
-    def check(self, config: TrainConfig) -> list[str]:
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if self.opts.node_rank >= self.opts.nnodes:
-            return [f"node_rank {self.opts.node_rank} must be below nnodes {self.opts.nnodes}"]
+            return [("node_rank", f"{self.opts.node_rank} must be below nnodes ({self.opts.nnodes})")]
         return []
 
     def world_size(self) -> int:

@@ -109,8 +109,11 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
-                for message in one.plugin.missing_requirements() + one.plugin.check(config):
-                    problems.append(Problem(one.path, message))
+                for found in [*one.plugin.missing_requirements(), *one.plugin.check(config)]:
+                    if isinstance(found, tuple):
+                        problems.append(Problem((*one.path, found[0]), found[1]))
+                    else:
+                        problems.append(Problem(one.path, found))
     for problem in problems:
         problem.where = problem.where or source.where(problem.path)
     if problems:
@@ -340,17 +343,33 @@ def _check_paths(c: TrainConfig) -> list[Problem]:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     problems = []
 
-    def check(path: Path, name: str, what: str, is_file: bool) -> None:
+    def check(path: Path, name: str, what: str, is_file: bool, hub_model: bool) -> None:
         if os.path.exists(os.path.expanduser(name)):
             return
         if is_file or _looks_local(name):
             problems.append(Problem(path, f"{what} '{name}' does not exist"))
-        elif offline:
-            problems.append(Problem(path, f"{what} '{name}' is not a local path and HF_HUB_OFFLINE is set"))
+        elif offline and hub_model and not _in_hub_cache(name):
+            problems.append(
+                Problem(
+                    path,
+                    f"{what} '{name}' is neither a local path nor in the hub cache, and "
+                    "HF_HUB_OFFLINE is set",
+                )
+            )
 
-    check(("base_model",), c.base_model, "model", is_file=False)
+    check(("base_model",), c.base_model, "model", is_file=False, hub_model=True)
     if c.tokenizer:
-        check(("tokenizer",), c.tokenizer, "tokenizer", is_file=False)
+        check(("tokenizer",), c.tokenizer, "tokenizer", is_file=False, hub_model=True)
     for i, spec in enumerate(c.datasets):
-        check(("datasets", i, "path"), spec.path, "dataset", spec.path.endswith(LOCAL_DATA_SUFFIXES))
+        is_file = spec.path.endswith(LOCAL_DATA_SUFFIXES)
+        check(("datasets", i, "path"), spec.path, "dataset", is_file, hub_model=False)
     return problems
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub client rejects is simply not cached
+        return False

@@ -1,0 +1,54 @@
+"""`loss_log`: each logged training loss as one JSON line, and an optional early stop on low loss.
+
+    callbacks:
+      - type: loss_log
+        path: null            # default: loss_log.jsonl inside output_dir
+        stop_below: 0.05      # optional: stop training once a logged loss falls below this
+
+Lines look like `{"step": 10, "epoch": 0.4, "loss": 1.23, "learning_rate": 0.0002}`, one per
+logging step (see `logging_steps`), written by the main process. The loss is the one the trainer
+logs, averaged over processes, so every process takes the same stop decision. When resuming from
+a checkpoint the file is kept and lines after the checkpoint's step are replaced.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+
+from trainer.api import Callback, Contribution, Options
+from trainer.config.schema import TrainConfig
+
+DEFAULT_NAME = "loss_log.jsonl"
+
+
+class LossLogOptions(Options):
+    path: str | None = Field(None, description=f"JSONL file to write (default: output_dir/{DEFAULT_NAME})")
+    stop_below: float | None = Field(
+        None, gt=0, description="Stop training when a logged loss falls below this value"
+    )
+
+
+class LossLog(Callback):
+    name = "loss_log"
+    Options = LossLogOptions
+
+    def log_path(self, config: TrainConfig) -> str:
+        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        return opts.path or os.path.join(config.output_dir, DEFAULT_NAME)
+
+    def check(self, config: TrainConfig) -> list[str]:
+        """Runs at validate time: refuse to overwrite a file the user already has."""
+        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        if opts.path and os.path.exists(opts.path) and not config.resume_from_checkpoint:
+            return [f"path '{opts.path}' already exists; remove it or choose another file"]
+        return []
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        # The callback subclasses transformers.TrainerCallback, so its module imports transformers:
+        # import it here, when a run is being built, never at module level.
+        from trainer_plugin_example.loss_log_callback import LossLogCallback
+
+        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        return Contribution(callbacks=[LossLogCallback(self.log_path(config), opts.stop_below)])
