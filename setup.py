@@ -34,7 +34,7 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],
-    "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "pre-commit>=3", "types-PyYAML"],
+    "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "pre-commit>=3", "types-PyYAML", "jsonschema>=4"],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "flash-attn" for req in reqs})
 
