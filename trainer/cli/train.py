@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from trainer.cli.common import config_parser, run
+from trainer.config.errors import ConfigErrors
 from trainer.config.validate import load_config
 
 
@@ -20,9 +21,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer import run as runner
 
-    if runner.wants_relaunch(resolved):
-        return runner.relaunch(resolved, argv)
-    runner.train(resolved)
+    try:
+        if runner.wants_relaunch(resolved):
+            return runner.relaunch(resolved, argv)
+        runner.train(resolved)
+    except ConfigErrors as err:  # found after validation (output_dir, SFTConfig): still FILE:LINE
+        source = resolved.source
+        for problem in err.problems:
+            if not problem.where and (problem.path in source.lines or problem.path in source.overrides):
+                problem.where = source.where(problem.path)
+        raise
     return 0
 
 

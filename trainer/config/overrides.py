@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from trainer.config.errors import Path, Problem
+from trainer.config.yaml_lines import Loader
 
 _PART = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)((?:\[\d+\])*)")
 
@@ -35,7 +36,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[list[Pr
         key, raw = text.split("=", 1)
         try:
             path = parse_key(key.strip())
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=Loader) if raw.strip() else ""  # Loader is a SafeLoader
         except (ValueError, yaml.YAMLError) as err:
             problems.append(Problem((), str(err).splitlines()[0], f"override '{text}'"))
             continue

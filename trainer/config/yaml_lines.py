@@ -1,16 +1,29 @@
 """YAML loading that keeps line numbers: `load_yaml` returns the data plus a path -> line map.
 
-Only the safe loader's node types are constructed (`yaml.safe_load` semantics).
+Only the safe loader's node types are constructed (`yaml.safe_load` semantics), except that
+`1e-4` (an exponent without a dot, YAML 1.2 style) is read as a float, not as a string.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from trainer.config.errors import Path
+
+
+class Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-4` / `2E5` as floats (PyYAML 1.1 reads strings)."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -45,7 +58,7 @@ def _construct(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader.construct_object(_LOADER, key_node, deep=True)  # type: ignore[arg-type]
+            key = Loader.construct_object(_LOADER, key_node, deep=True)  # type: ignore[arg-type]
             if key in out:
                 raise YamlSyntaxError("", key_node.start_mark.line + 1, f"duplicate key '{key}'")
             child = (*path, key)
@@ -54,17 +67,17 @@ def _construct(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+    return Loader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
 
 
-_LOADER = yaml.SafeLoader("")
+_LOADER = Loader("")
 
 
 def load_yaml_text(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data and a SourceMap of line numbers."""
     source = SourceMap(file=file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=Loader)
         data = {} if node is None else _construct(node, (), source.lines)
     except YamlSyntaxError as err:
         raise YamlSyntaxError(file, err.line, err.message) from None

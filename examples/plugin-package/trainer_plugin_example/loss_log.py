@@ -31,6 +31,8 @@ class LossLogOptions(Options):
 
 
 class LossLog(Callback):
+    """Each logged training loss as a JSON line; optional early stop below a threshold."""
+
     name = "loss_log"
     Options = LossLogOptions
 
@@ -38,11 +40,12 @@ class LossLog(Callback):
         opts: LossLogOptions = self.options  # type: ignore[assignment]
         return opts.path or os.path.join(config.output_dir, DEFAULT_NAME)
 
-    def check(self, config: TrainConfig) -> list[str]:
-        """Runs at validate time: refuse to overwrite a file the user already has."""
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        """Runs at validate time: refuse to overwrite a file the user already has. A problem is a
+        message, or (option name, message) to point at that option and its line."""
         opts: LossLogOptions = self.options  # type: ignore[assignment]
         if opts.path and os.path.exists(opts.path) and not config.resume_from_checkpoint:
-            return [f"path '{opts.path}' already exists; remove it or choose another file"]
+            return [("path", f"'{opts.path}' already exists; remove it or choose another file")]
         return []
 
     def contribute(self, config: TrainConfig) -> Contribution:

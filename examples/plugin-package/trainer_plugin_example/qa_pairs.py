@@ -60,6 +60,8 @@ class QaPairsOptions(Options):
 
 
 class QaPairs(Formatter):
+    """Question/answer rows with optional context; loss on the answer only."""
+
     name = "qa_pairs"
     Options = QaPairsOptions
 
