@@ -73,7 +73,7 @@ def test_valid_config_prints_summary(good_config: Path, base: dict[str, Path]) -
     assert f"config {good_config}: OK" in out
     for where, name in [("adapter", "lora"), ("attention", "sdpa"), ("distributed", "none")]:
         assert any(line.split()[:3] == [where, name, "[trainer"] for line in out.splitlines()), out
-    assert "prompt_completion [trainer " in out and "completion_field=generation" in out
+    assert "prompt_completion [trainer " in out and "completion_field='generation'" in out
     assert "r=16" in out  # the lora defaults are filled in
     assert "micro 1 x accumulation 1 x processes 1 = 1 rows per step" in out
     assert f"output_dir  {base['out']}" in out

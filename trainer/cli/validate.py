@@ -6,6 +6,7 @@ Loads no model and no dataset; imports torch only when the config has `trainer_a
 from __future__ import annotations
 
 from trainer.cli.common import config_parser, run
+from trainer.config.errors import dotted
 from trainer.config.validate import Resolved, load_config
 
 
@@ -15,8 +16,8 @@ def summary(resolved: Resolved) -> list[str]:
     lines = [f"config {resolved.source.file}: OK", f"  base_model  {c.base_model}"]
     for chosen in resolved.plugins():
         opts = chosen.plugin.options.model_dump(mode="json")
-        shown = ", ".join(f"{k}={v}" for k, v in opts.items()) or "(no options)"
-        where = ".".join(str(p) for p in chosen.path)
+        shown = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "(no options)"
+        where = dotted(chosen.path)
         lines.append(
             f"  {where:<12} {chosen.entry.name} [{chosen.entry.distribution} {chosen.entry.version}]  {shown}"
         )

@@ -99,13 +99,13 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         raise ConfigErrors([Problem((), "the config must be a mapping of keys", source.file)])
     problems, source.overrides = apply_overrides(data, overrides)
     config = _validate_core(data, problems)
+    problems += _check_paths(data)  # on the raw data, so a typo elsewhere does not hide these
     chosen = _choose_plugins(data, registry, problems)
     if "trainer_args" in data and isinstance(data["trainer_args"], dict):
         problems += _check_trainer_args(data["trainer_args"])
     if config is not None:
         config = _fill_defaults(config)
         problems += _cross_checks(config)
-        problems += _check_paths(config)
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -230,6 +230,15 @@ def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: lis
     except PluginError as err:
         problems.append(Problem((*path, "type"), str(err)))
         return None
+    if kind == "formatters" and (clash := set(cls.Options.model_fields) & set(DatasetSpec.model_fields)):
+        problems.append(
+            Problem(
+                (*path, "type"),
+                f"formatter '{name}' ({entry.distribution}) has options "
+                f"named like dataset keys: {sorted(clash)}; its author must rename them",
+            )
+        )
+        return None
     options = {k: v for k, v in block.items() if k != "type"}
     try:
         parsed = cls.Options.model_validate(options)
@@ -339,12 +348,12 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
-def _check_paths(c: TrainConfig) -> list[Problem]:
+def _check_paths(data: dict[str, Any]) -> list[Problem]:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     problems = []
 
-    def check(path: Path, name: str, what: str, is_file: bool, hub_model: bool) -> None:
-        if os.path.exists(os.path.expanduser(name)):
+    def check(path: Path, name: Any, what: str, is_file: bool, hub_model: bool) -> None:
+        if not isinstance(name, str) or os.path.exists(os.path.expanduser(name)):
             return
         if is_file or _looks_local(name):
             problems.append(Problem(path, f"{what} '{name}' does not exist"))
@@ -357,12 +366,13 @@ def _check_paths(c: TrainConfig) -> list[Problem]:
                 )
             )
 
-    check(("base_model",), c.base_model, "model", is_file=False, hub_model=True)
-    if c.tokenizer:
-        check(("tokenizer",), c.tokenizer, "tokenizer", is_file=False, hub_model=True)
-    for i, spec in enumerate(c.datasets):
-        is_file = spec.path.endswith(LOCAL_DATA_SUFFIXES)
-        check(("datasets", i, "path"), spec.path, "dataset", is_file, hub_model=False)
+    check(("base_model",), data.get("base_model"), "model", is_file=False, hub_model=True)
+    check(("tokenizer",), data.get("tokenizer"), "tokenizer", is_file=False, hub_model=True)
+    specs = data.get("datasets")
+    for i, spec in enumerate(specs if isinstance(specs, list) else []):
+        path = spec.get("path") if isinstance(spec, dict) else None
+        is_file = isinstance(path, str) and path.endswith(LOCAL_DATA_SUFFIXES)
+        check(("datasets", i, "path"), path, "dataset", is_file, hub_model=False)
     return problems
 
 
