@@ -113,6 +113,11 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "packing": False,
         "trust_remote_code": config.trust_remote_code,
     }
+    if not _has_accelerator():
+        # Tell accelerate this is a CPU run. Without it, under torchrun on CPU accelerate starts a
+        # gloo process group but treats the run as not distributed: no DDP wrapper, no gradient
+        # all-reduce, every process silently trains its own model.
+        args["use_cpu"] = True
     if config.tf32:
         args["tf32"] = True
     if config.eval_steps is not None:
@@ -122,6 +127,13 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     if config.metric_for_best_model is not None:
         args["metric_for_best_model"] = config.metric_for_best_model
     return args
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
 def sft_config(config: TrainConfig, merged: Merged) -> Any:

@@ -26,9 +26,10 @@ def launched() -> bool:
 def relaunch(resolved: Resolved, argv: list[str]) -> int:
     """Start the configured number of processes with torchrun, running the same command."""
     config = resolved.config
+    # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
+    # be output_dir/config.resolved.yml, which the processes still have to read. The main process
+    # clears it once every process has read its config (_prepare_output_dir).
     check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
-    if config.overwrite_output_dir:
-        clear_previous_run(config.output_dir)
     launcher = resolved.distributed.plugin.launcher_args()  # type: ignore[attr-defined]
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
     print("launching: " + " ".join(command), flush=True)
@@ -43,9 +44,9 @@ def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
     config = resolved.config
     if os.environ.get(CHECKED_ENV) != "1":
         check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
-        barrier()  # every rank has looked before any rank writes
-        if main and config.overwrite_output_dir:
-            clear_previous_run(config.output_dir)
+    barrier()  # every rank has read its config and looked before any rank writes
+    if main and config.overwrite_output_dir:
+        clear_previous_run(config.output_dir)
     if main:
         write_resolved(config.output_dir, resolved.to_dict())
     barrier()
