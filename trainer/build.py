@@ -12,7 +12,7 @@ from typing import Any
 from trainer.api import Adapter, Contribution
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
-from trainer.config.validate import Resolved
+from trainer.config.validate import Resolved, sft_config_fields
 
 
 @dataclass
@@ -141,6 +141,8 @@ def sft_config(config: TrainConfig, merged: Merged) -> Any:
     from trl import SFTConfig
 
     args = core_sft_args(config)
+    if "activation_checkpointing" in sft_config_fields():  # transformers' new name for it
+        args["activation_checkpointing"] = args.pop("gradient_checkpointing")
     for key, value in merged.sft_args.items():
         if key in args and args[key] != value:
             owner = merged.owners[f"sft_args.{key}"]

@@ -15,8 +15,8 @@ RESOLVED_NAME = "config.resolved.yml"
 
 def check_output_dir(output_dir: str, overwrite: bool, resume: bool | str | None) -> None:
     """A non-empty output_dir is refused unless the config overwrites (an earlier run) or resumes."""
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return
+    if not os.path.isdir(output_dir) or set(os.listdir(output_dir)) <= {RESOLVED_NAME}:
+        return  # empty, or a run of ours that stopped before training (only its resolved config)
     if resume:
         return
     if not overwrite:

@@ -7,6 +7,7 @@ Nothing here loads a model or a dataset, and torch is imported only when `traine
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ OWNED_BY_TOP_LEVEL = {
     "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "optim": "optimizer",
     "seed": "seed", "bf16": "bf16", "fp16": "fp16", "tf32": "tf32",
     "gradient_checkpointing": "gradient_checkpointing", "logging_steps": "logging_steps",
+    "activation_checkpointing": "gradient_checkpointing",
     "eval_strategy": "eval_strategy", "eval_steps": "eval_steps", "save_strategy": "save_strategy",
     "save_steps": "save_steps", "save_total_limit": "save_total_limit",
     "load_best_model_at_end": "load_best_model_at_end", "report_to": "report_to",
@@ -253,13 +255,14 @@ def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: lis
 # ---- trainer_args ----------------------------------------------------------------------------
 
 
-def sft_config_fields() -> set[str]:
+@functools.cache
+def sft_config_fields() -> frozenset[str]:
     """Names of trl.SFTConfig's fields (imports trl, hence torch)."""
     import dataclasses
 
     from trl import SFTConfig
 
-    return {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
 
 
 def _check_trainer_args(args: dict[str, Any]) -> list[Problem]:

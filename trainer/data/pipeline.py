@@ -35,6 +35,7 @@ class DataReport:
     train_rows: int = 0
     eval_rows: int = 0
     first_bad_rows: list[str] = field(default_factory=list)
+    cache: str = ""
 
     def drop(self, reason: str, where: str, message: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -51,6 +52,8 @@ class DataReport:
             f"train rows {self.train_rows}, eval rows {self.eval_rows}",
         ]
         out += [f"  skipped: {line}" for line in self.first_bad_rows]
+        if self.cache:
+            out.append(self.cache)
         return out
 
 
@@ -107,6 +110,7 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> tuple[Any, Any, DataRe
         if os.path.isfile(os.path.join(cache_dir, "report.json")):
             with open(os.path.join(cache_dir, "report.json"), encoding="utf-8") as handle:
                 report = DataReport(**json.load(handle))
+            report.cache = f"reused the prepared dataset {cache_dir} (nothing that changes it changed)"
             train = datasets.load_from_disk(os.path.join(cache_dir, "train"))
             has_eval = os.path.isdir(os.path.join(cache_dir, "eval"))
             evals = datasets.load_from_disk(os.path.join(cache_dir, "eval")) if has_eval else None
@@ -115,6 +119,7 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> tuple[Any, Any, DataRe
     full = datasets.Dataset.from_dict(columns)
     train, evals = split(full, config.val_set_size, config.seed)
     if cache_dir:
+        report.cache = f"prepared dataset written to {cache_dir}"
         _write_cache(cache_dir, train, evals, report)
     return (*_limit(train, evals, resolved, report), report, cache_dir)
 
