@@ -1,0 +1,94 @@
+"""Write a small, deterministic instruction dataset for the quickstart and tests.
+
+Task: reverse a random lowercase "word" of 3-6 letters::
+
+    {"prompt": "Reverse the word: plane\\nAnswer: ", "generation": "enalp"}
+
+The answer depends on every letter of the prompt (no constant answer works),
+is short, and is checked by exact match. A tiny randomly initialised Llama
+learns it from scratch in a couple of minutes on a CPU.
+
+Records use the field name ``generation`` (not ``completion``) on purpose: it
+mirrors a real-world dataset layout that the trainer has to map.
+
+Usage::
+
+    python scripts/make_toy_data.py --out data/toy [--seed 0] [--n-train 4000] [--n-eval 200]
+
+writes ``train.jsonl`` and ``eval.jsonl``; no eval word occurs in train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import sys
+from pathlib import Path
+
+PROMPT_TEMPLATE = "Reverse the word: {word}\nAnswer: "
+MIN_LEN = 3
+MAX_LEN = 6
+DEFAULT_N_TRAIN = 4000
+DEFAULT_N_EVAL = 200
+
+
+def make_record(word: str) -> dict[str, str]:
+    """Return the ``{"prompt", "generation"}`` record for ``word``."""
+    return {"prompt": PROMPT_TEMPLATE.format(word=word), "generation": word[::-1]}
+
+
+def sample_words(n: int, seed: int) -> list[str]:
+    """Return ``n`` distinct random lowercase words of 3-6 letters, in a seeded order."""
+    capacity = sum(26**k for k in range(MIN_LEN, MAX_LEN + 1))
+    if n > capacity:
+        raise ValueError(f"cannot draw {n} distinct words (at most {capacity})")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    words: list[str] = []
+    while len(words) < n:
+        length = rng.randint(MIN_LEN, MAX_LEN)
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    return words
+
+
+def make_splits(
+    n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL, seed: int = 0
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Return ``(train, eval)`` records; the two splits share no word (hence no prompt)."""
+    words = sample_words(n_train + n_eval, seed)
+    eval_words, train_words = words[:n_eval], words[n_eval:]
+    return [make_record(w) for w in train_words], [make_record(w) for w in eval_words]
+
+
+def write_jsonl(path: Path, records: list[dict[str, str]]) -> None:
+    """Write ``records`` as JSON lines (UTF-8, ``\\n`` line endings)."""
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command-line entry point; returns the output directory."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("data/toy"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
+    parser.add_argument("--n-eval", type=int, default=DEFAULT_N_EVAL)
+    args = parser.parse_args(argv)
+
+    train, evals = make_splits(args.n_train, args.n_eval, args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", evals)
+    print(f"wrote {len(train)} train and {len(evals)} eval records to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
