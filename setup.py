@@ -3,6 +3,8 @@
 Built-in plugins are registered through the same entry-point groups a third-party package uses.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 BUILTIN_PLUGINS = {
@@ -42,7 +44,7 @@ setup(
     name="trainer",
     version="0.1.0",
     description="Validated-YAML fine-tuning for LLMs, assembled from plugins on top of TRL",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "plugins", "plugins.*"]),
