@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# One torch thread: the tiny model gains little from a second one, and when anything else holds a
+# core, two spinning OpenMP threads make each step 10-30x slower (measured here).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 bash scripts/install.sh
 "$PYTHON" scripts/make_tiny_model.py --out models/tiny-llama
 "$PYTHON" scripts/make_toy_data.py --out data/toy
