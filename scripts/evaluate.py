@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from plugins.callbacks.generation_eval import score
 
 PROMPT_FIELD = "prompt"
 COMPLETION_FIELDS = ("generation", "completion")
@@ -94,129 +96,32 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
-
-
-def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-@torch.no_grad()
-def compute_eval_loss(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    records: Sequence[dict[str, str]],
-    batch_size: int = 64,
-) -> tuple[float, int]:
-    """Return (mean completion-token cross-entropy, number of scored tokens)."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = _pad_id(tokenizer)
-    total_loss, total_tokens = 0.0, 0
-    for batch in _batches(records, batch_size):
-        seqs: list[list[int]] = []
-        labels: list[list[int]] = []
-        for rec in batch:
-            prompt_ids = tokenizer(rec["prompt"]).input_ids
-            comp_ids = [*tokenizer(rec["generation"], add_special_tokens=False).input_ids, eos]
-            seqs.append(prompt_ids + comp_ids)
-            labels.append([-100] * len(prompt_ids) + comp_ids)
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        label_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):  # right padding
-            input_ids[i, : len(s)] = torch.tensor(s)
-            label_t[i, : len(lab)] = torch.tensor(lab)
-            mask[i, : len(s)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = label_t[:, 1:].to(device)
-        loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)),
-            shift_labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total_loss += float(loss)
-        total_tokens += int((shift_labels != -100).sum())
-    return (total_loss / total_tokens if total_tokens else math.nan), total_tokens
-
-
-@torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int = 16,
-    batch_size: int = 64,
-) -> list[str]:
-    """Greedy-decode a completion for each prompt (batched, left padded), stopping at EOS."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = _pad_id(tokenizer)
-    outputs: list[str] = []
-    for batch in _batches(prompts, batch_size):
-        encoded = [tokenizer(p).input_ids for p in batch]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, e in enumerate(encoded):  # left padding
-            input_ids[i, width - len(e) :] = torch.tensor(e)
-            mask[i, width - len(e) :] = 1
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        for row in out[:, width:].tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            outputs.append(tokenizer.decode(row, skip_special_tokens=True))
-    return outputs
-
-
 def evaluate_model(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     records: Sequence[dict[str, str]],
     max_new_tokens: int = 16,
     batch_size: int = 64,
     num_samples: int = 5,
 ) -> dict[str, Any]:
-    """Compute ``eval_loss`` and ``exact_match`` for an already loaded model."""
-    was_training = model.training
-    model.eval()
-    try:
-        loss, n_tokens = compute_eval_loss(model, tokenizer, records, batch_size)
-        preds = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size)
-    finally:
-        model.train(was_training)
-    correct = [p.strip() == r["generation"].strip() for p, r in zip(preds, records, strict=True)]
-    n = len(records)
+    """Compute ``eval_loss`` and ``exact_match`` for an already loaded model, with the same scoring
+    as the ``generation_eval`` callback plugin (answer-token loss, greedy generation to EOS)."""
+    pairs = [(r["prompt"], r["generation"]) for r in records]
+    result = score(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    n = result["total"]
     return {
-        "eval_loss": loss,
-        "eval_tokens": n_tokens,
-        "exact_match": sum(correct) / n if n else math.nan,
-        "num_correct": sum(correct),
+        "eval_loss": result["loss"],
+        "exact_match": result["exact_match"] if n else math.nan,
+        "num_correct": result["correct"],
         "num_examples": n,
         "samples": [
             {
-                "prompt": r["prompt"],
-                "reference": r["generation"],
-                "prediction": p,
-                "correct": c,
+                "prompt": s["prompt"],
+                "reference": s["expected"],
+                "prediction": s["generated"],
+                "correct": s["generated"] == s["expected"].strip(),
             }
-            for r, p, c in list(zip(records, preds, correct, strict=True))[:num_samples]
+            for s in result["samples"][:num_samples]
         ],
     }
 
