@@ -7,8 +7,10 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -49,3 +51,10 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+def write_yaml(path: Path, config: dict[str, Any]) -> Path:
+    """Write a config dict as YAML (creating the folder) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path

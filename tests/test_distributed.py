@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import write_yaml
+
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.slow
@@ -93,11 +95,6 @@ def sgd_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> d
     }
     config.update(overrides)
     return config
-
-
-def write_yaml(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def weights(directory: Path) -> dict[str, Any]:

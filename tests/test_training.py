@@ -20,6 +20,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
+from tests.conftest import write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.run import train  # noqa: E402
@@ -53,12 +54,6 @@ def base_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> 
     }
     config.update(overrides)
     return config
-
-
-def write_yaml(path: Path, config: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def run_api(tmp: Path, config: dict[str, Any], overrides: list[str] | None = None, name: str = "cfg.yml"):

@@ -189,16 +189,21 @@ class Built:
     args: Any
 
 
-def build_trainer(resolved: Resolved) -> Built:
-    """Assemble the SFTTrainer for a resolved config."""
+def plan(resolved: Resolved) -> tuple[Merged, Any]:
+    """Every plugin's contribution merged, and the SFTConfig: cheap, and fails fast on bad input."""
+    merged = merge(contributions(resolved))
+    return merged, sft_config(resolved.config, merged)
+
+
+def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None) -> Built:
+    """Assemble the SFTTrainer for a resolved config (from `plan(resolved)` when given)."""
     from accelerate import PartialState
     from trl import SFTTrainer
 
     from trainer.data.pipeline import build_datasets
 
     config = resolved.config
-    merged = merge(contributions(resolved))
-    args = sft_config(config, merged)
+    merged, args = planned or plan(resolved)
     tokenizer = load_tokenizer(config)
     with PartialState().main_process_first():
         train_dataset, eval_dataset, report, cache_dir = build_datasets(resolved, tokenizer)

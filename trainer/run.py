@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from trainer.build import Built, build_trainer, contributions, merge, sft_config
+from trainer.build import Built, build_trainer, plan
 from trainer.config.validate import Resolved
 from trainer.outputs import check_output_dir, clear_previous_run, save_final, write_resolved
 
@@ -55,11 +55,11 @@ def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
 def train(resolved: Resolved, log: Any = print) -> Built:
     """Run training for a resolved config and save the outputs; returns the built run."""
     config = resolved.config
-    args = sft_config(config, merge(contributions(resolved)))  # fails fast on bad trainer_args
+    merged, args = plan(resolved)  # fails fast on bad trainer_args or conflicting plugins
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process
     _prepare_output_dir(resolved, main, state.wait_for_everyone)
-    built = build_trainer(resolved)
+    built = build_trainer(resolved, (merged, args))
     trainer = built.trainer
     if main:
         for line in start_report(built, state.num_processes):
