@@ -12,6 +12,10 @@ BUILTIN_PLUGINS = {
         "prompt_completion = plugins.formatters.prompt_completion:PromptCompletion",
         "completion = plugins.formatters.completion:Completion",
         "alpaca = plugins.formatters.alpaca:Alpaca",
+        "chat_template = plugins.formatters.chat_template:ChatTemplate",
+        "sharegpt = plugins.formatters.chat_template:ShareGPT",
+        "input_output = plugins.formatters.input_output:InputOutput",
+        "pretokenized = plugins.formatters.pretokenized:Pretokenized",
     ],
     "trainer.adapters": [
         "full = plugins.adapters.full:Full",

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from trainer.config.validate import Resolved, load_config
-from trainer.data.encode import IGNORE, SegmentEncoder
-from trainer.data.pipeline import build_datasets, encode_rows, fingerprint
+from trainer.data.encode import IGNORE, SegmentEncoder, fit
+from trainer.data.pipeline import Prepared, build_datasets, fingerprint
 from trainer.data.readers import DataError
 from trainer.outputs import RESOLVED_NAME
 
@@ -89,7 +89,6 @@ def test_prompt_completion_custom_fields(tokenizer: Any) -> None:
     prompt, answer = ids("Reverse: abc\nA: "), ids("cba")
     assert enc.input_ids == [BOS, *prompt, *answer, EOS]
     assert enc.labels == [IGNORE] * (1 + len(prompt)) + [*answer, EOS]
-    assert not enc.truncated
     # the system prompt is part of the masked prompt; train_on_prompt trains it too
     fmt = formatter("prompt_completion", completion_field="generation", system_prompt="Be terse.\n")
     enc = encode(tokenizer, fmt, {"prompt": "Q", "generation": "A"})
@@ -151,15 +150,20 @@ def test_eos_as_pad_stays_trained_through_trl_collator(tokenizer: Any, eos_pad_t
     assert batch["attention_mask"].tolist() == [[1] * short + [0] * pad, [1] * width]
 
 
-def test_truncation_to_sequence_len(tokenizer: Any) -> None:
+def test_length_policy(tokenizer: Any) -> None:
     fmt = formatter("prompt_completion", completion_field="generation")
-    row = {"prompt": "abc", "generation": "0123456789"}
-    enc = encode(tokenizer, fmt, row, sequence_len=8)
-    assert enc.truncated
-    assert enc.input_ids == [BOS, *ids("abc"), *ids("0123")]
-    assert enc.labels == [IGNORE] * 4 + ids("0123")
-    exact = encode(tokenizer, fmt, row, sequence_len=15)  # BOS + 3 + 10 + EOS fits exactly
-    assert not exact.truncated and exact.input_ids[-1] == EOS
+    full = encode(tokenizer, fmt, {"prompt": "abc", "generation": "0123456789"})
+    assert len(full.input_ids) == 15  # BOS + 3 + 10 + EOS
+    (cut,), what = fit(full, 8, split=False, too_long="truncate")
+    assert what == "truncated"
+    assert cut.input_ids == [BOS, *ids("abc"), *ids("0123")]
+    assert cut.labels == [IGNORE] * 4 + ids("0123")
+    assert fit(full, 8, split=False, too_long="drop") == ([], "too long")
+    assert fit(full, 15, split=False, too_long="drop") == ([full], "")  # fits exactly
+    chunks, what = fit(full, 6, split=True, too_long="drop")
+    assert what == "chunked" and [len(c.input_ids) for c in chunks] == [6, 6, 3]
+    assert [t for c in chunks for t in c.input_ids] == full.input_ids
+    assert [t for c in chunks for t in c.labels] == full.labels
 
 
 # ---- reading files through a resolved config -------------------------------------------------
@@ -200,19 +204,30 @@ def resolve(write_config, tiny_model: Path, tmp_path: Path):  # type: ignore[no-
             f"  - path: {file}\n    type: prompt_completion\n    {formatter_options}\n" for file in files
         )
         text = f"base_model: {tiny_model}\ndatasets:\n{datasets}output_dir: {tmp_path / 'out'}\n{extra}"
+        if "shuffle:" not in extra:
+            text += "shuffle: false\n"  # keep file order, to compare rows
         return load_config(str(write_config(text)))
 
     return make
+
+
+def prepare(resolved: Resolved, tokenizer: Any) -> Prepared:
+    return build_datasets(resolved, tokenizer)
+
+
+def dropped(prepared: Prepared) -> dict[str, int]:
+    return {why: n for why, n in prepared.report.dropped.items() if n}
 
 
 def test_every_local_format_reads_the_same_rows(resolve, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     files = [write_rows(tmp_path / f"rows.{ext}", ROWS) for ext in ("jsonl", "json", "csv", "parquet")]
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"data": ROWS}), encoding="utf-8")
-    columns, report = encode_rows(resolve([*files, wrapped]), tokenizer)
+    prepared = prepare(resolve([*files, wrapped]), tokenizer)
+    report = prepared.report
     expected = [[BOS, *ids(r["prompt"]), *ids(r["generation"]), EOS] for r in ROWS]
-    assert columns["input_ids"] == expected * 5
-    assert (report.rows_read, report.rows_kept, report.dropped, report.truncated) == (25, 25, {}, 0)
+    assert prepared.train["input_ids"] == expected * 5
+    assert (report.rows_read, report.rows_kept, dropped(prepared), report.truncated) == (25, 25, {}, 0)
     assert report.total_tokens == 5 * sum(map(len, expected))
     assert report.trainable_tokens == 5 * sum(len(ids(r["generation"])) + 1 for r in ROWS)
 
@@ -260,7 +275,7 @@ def test_bad_rows_name_file_line_and_field(  # type: ignore[no-untyped-def]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError) as caught:
-        encode_rows(resolve([path]), tokenizer)
+        prepare(resolve([path]), tokenizer)
     assert caught.value.where == str(tmp_path / where)
     assert message in caught.value.message
     assert str(caught.value).startswith(f"{tmp_path / where}  ")
@@ -269,7 +284,7 @@ def test_bad_rows_name_file_line_and_field(  # type: ignore[no-untyped-def]
 def test_bad_row_in_parquet_names_the_row(resolve, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = write_rows(tmp_path / "rows.parquet", [*ROWS[:2], {"prompt": "p", "generation": None}])
     with pytest.raises(DataError) as caught:
-        encode_rows(resolve([path]), tokenizer)
+        prepare(resolve([path]), tokenizer)
     assert caught.value.where == f"{path} row 3"
     assert caught.value.message.startswith("missing field 'generation'")
 
@@ -279,17 +294,18 @@ def test_on_bad_rows_skip_counts(resolve, tokenizer: Any, tmp_path: Path) -> Non
     lines = [json.dumps(r) for r in ROWS[:3]] + ["{not json", '{"prompt": "x"}', json.dumps(ROWS[3])]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"mixed.jsonl:4  invalid JSON.*on_bad_rows: skip"):
-        encode_rows(resolve([path]), tokenizer)
-    columns, report = encode_rows(resolve([path], "on_bad_rows: skip\n"), tokenizer)
-    assert report.dropped == {"bad": 2}
+        prepare(resolve([path]), tokenizer)
+    prepared = prepare(resolve([path], "on_bad_rows: skip\n"), tokenizer)
+    report = prepared.report
+    assert dropped(prepared) == {"bad": 2}
     assert (report.rows_read, report.rows_kept) == (6, 4)
-    assert len(columns["input_ids"]) == 4
-    assert report.first_bad_rows[0].startswith(f"{path}:4  invalid JSON")
-    assert report.first_bad_rows[1] == f"{path}:5  missing field 'generation'"
+    assert len(prepared.train) == 4
+    assert report.first_bad_rows[0].startswith(f"{path}:4  bad: invalid JSON")
+    assert report.first_bad_rows[1] == f"{path}:5  bad: missing field 'generation'"
     assert any("dropped: 2 bad" in line for line in report.lines())
 
 
-def test_truncation_is_counted(resolve, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_too_long_rows_are_dropped_or_truncated(resolve, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = write_rows(
         tmp_path / "long.jsonl",
         [
@@ -298,11 +314,17 @@ def test_truncation_is_counted(resolve, tokenizer: Any, tmp_path: Path) -> None:
             {"prompt": "p" * 40, "generation": "z"},  # only prompt left: nothing to train on
         ],
     )
-    columns, report = encode_rows(resolve([path], "sequence_len: 12\n"), tokenizer)
-    assert report.truncated == 1
-    assert report.dropped == {"no trainable tokens": 1}
-    assert [len(x) for x in columns["input_ids"]] == [12, 6]
-    assert report.length_max == 12
+    prepared = prepare(resolve([path], "sequence_len: 12\n"), tokenizer)  # too_long: drop (default)
+    assert dropped(prepared) == {"too long": 2}
+    assert prepared.train["input_ids"] == [[BOS, *ids("abxy"), EOS]]
+    truncate = "sequence_len: 12\ntoo_long: truncate\n"
+    with pytest.raises(DataError, match=r"long.jsonl:3  truncated to sequence_len 12: nothing left to train"):
+        prepare(resolve([path], truncate), tokenizer)
+    prepared = prepare(resolve([path], truncate + "on_bad_rows: skip\n"), tokenizer)
+    assert prepared.report.truncated == 1
+    assert dropped(prepared) == {"bad": 1}
+    assert [len(x) for x in prepared.train["input_ids"]] == [12, 6]
+    assert prepared.report.length_max == 12
 
 
 def test_train_cli_stops_on_bad_data_after_replacing_an_earlier_run(
@@ -357,7 +379,8 @@ def forty_rows(tmp_path: Path) -> Path:
 
 
 def eval_rows(resolved: Resolved, tokenizer: Any) -> tuple[list[str], list[str]]:
-    train, evals, report, _ = build_datasets(resolved, tokenizer)
+    prepared = build_datasets(resolved, tokenizer)
+    train, evals, report = prepared.train, prepared.eval, prepared.report
     decode = tokenizer.decode
     assert (report.train_rows, report.eval_rows) == (len(train), len(evals))
     return [decode(x[1:]) for x in train["input_ids"]], [decode(x[1:]) for x in evals["input_ids"]]
@@ -392,14 +415,17 @@ def test_prepared_dataset_cache(resolve, tokenizer: Any, forty_rows: Path, tmp_p
     leftover.mkdir(parents=True)
     (leftover / "report.json").write_text(json.dumps({"rows_read": 1, "rows_kept": 1}), encoding="utf-8")
 
-    train, evals, report, used = build_datasets(resolved, tokenizer)
+    first = build_datasets(resolved, tokenizer)
+    train, evals, report, used = first.train, first.eval, first.report, first.cache_dir
     assert used == cache_dir
     assert report.rows_read == 40 and (len(train), len(evals)) == (30, 10)
     assert train.cache_files == []  # built in memory, then written
     assert sorted(os.listdir(cache_dir)) == ["eval", "report.json", "train"]
     assert not [n for n in os.listdir(prepared) if ".tmp-" in n and n != leftover.name]
 
-    train2, evals2, report2, used2 = build_datasets(resolve([forty_rows], extra), tokenizer)
+    again = build_datasets(resolve([forty_rows], extra), tokenizer)
+    train2, evals2, report2, used2 = again.train, again.eval, again.report, again.cache_dir
+    assert report2.cache.startswith("reused the prepared dataset")
     assert used2 == cache_dir
     assert train2.cache_files and all(f["filename"].startswith(cache_dir) for f in train2.cache_files)
     assert train2["input_ids"] == train["input_ids"] and evals2["labels"] == evals["labels"]
@@ -414,7 +440,9 @@ def test_prepared_dataset_cache(resolve, tokenizer: Any, forty_rows: Path, tmp_p
     )
     with open(forty_rows, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"prompt": "one ", "generation": "more"}) + "\n")
-    train3, _, report3, used3 = build_datasets(resolve([forty_rows], extra), tokenizer)
+    third = build_datasets(resolve([forty_rows], extra), tokenizer)
+    train3, report3, used3 = third.train, third.report, third.cache_dir
+    assert used3 is not None
     assert used3 != cache_dir and report3.rows_read == 41
     assert sorted(n for n in os.listdir(prepared) if ".tmp-" not in n) == sorted(
         [Path(cache_dir).name, Path(used3).name]

@@ -95,14 +95,24 @@ class RowError(ValueError):
 
 
 class Formatter(Plugin):
-    """Turns one data row into segments; the core tokenizes them and masks untrained segments.
+    """Turns one data row into segments; the core tokenizes each segment, masks untrained ones with
+    -100, and fits the result to `sequence_len`.
 
-    `add_bos`/`add_eos`: whether the tokenizer's BOS is prepended and EOS appended (EOS is trained,
-    so the model learns to stop).
+    - `add_bos`/`add_eos`: whether the tokenizer's BOS is prepended and EOS appended (EOS is
+      trained, so the model learns to stop). A formatter whose text already holds them (a chat
+      template) sets both False.
+    - `split_long`: examples longer than `sequence_len` are cut into consecutive chunks (raw text)
+      instead of being dropped or truncated by the config's `too_long` policy.
     """
 
-    add_bos: ClassVar[bool] = True
-    add_eos: ClassVar[bool] = True
+    add_bos: bool = True
+    add_eos: bool = True
+    split_long: bool = False
+
+    def prepare(self, tokenizer: Any) -> None:
+        """Called once with the run's tokenizer before any row is formatted. A formatter may keep
+        the tokenizer (to render a chat template) or set its `chat_template`, which is then saved
+        with the model."""
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
         raise NotImplementedError

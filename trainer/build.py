@@ -206,16 +206,16 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
     merged, args = planned or plan(resolved)
     tokenizer = load_tokenizer(config)
     with PartialState().main_process_first():
-        train_dataset, eval_dataset, report, cache_dir = build_datasets(resolved, tokenizer)
+        data = build_datasets(resolved, tokenizer)
     model = load_model(config, merged, resolved.adapter.plugin)  # type: ignore[arg-type]
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=merged.peft_config,
         callbacks=merged.callbacks or None,
         data_collator=merged.data_collator,
     )
-    return Built(trainer, tokenizer, train_dataset, eval_dataset, report, cache_dir, args)
+    return Built(trainer, tokenizer, data.train, data.eval, data.report, data.cache_dir, args)

@@ -1,9 +1,12 @@
-"""`completion`: plain text, loss on every token (continued pre-training style).
+"""`completion`: raw text, loss on every token (continued pre-training style).
 
-datasets:
-  - path: data/corpus.jsonl         # {"text": "..."}
-    type: completion
-    field: text
+    datasets:
+      - path: data/corpus.jsonl         # {"text": "..."}
+        type: completion
+        field: text
+
+Each document gets BOS and EOS. A document longer than `sequence_len` is split into consecutive
+chunks of `sequence_len` tokens (the last one shorter), never truncated: every token is trained once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class CompletionOptions(Options):
 class Completion(Formatter):
     name = "completion"
     Options = CompletionOptions
+    split_long = True
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
         opts: CompletionOptions = self.options  # type: ignore[assignment]

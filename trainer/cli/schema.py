@@ -61,6 +61,7 @@ def build_schema(registry: Registry, builtin: bool = False) -> dict[str, Any]:
         merged["additionalProperties"] = False
         formatter_options.append(merged)
     props["datasets"]["items"] = {"anyOf": formatter_options}
+    props["test_datasets"]["items"] = {"anyOf": formatter_options}
     schema.get("$defs", {}).pop("DatasetSpec", None)
     if not schema.get("$defs"):
         schema.pop("$defs", None)

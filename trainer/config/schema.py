@@ -45,11 +45,31 @@ class DatasetSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    path: str = Field(description="Local file (.jsonl/.json/.csv/.parquet) or a hub dataset name")
+    path: str = Field(
+        description="Local file (.jsonl/.jsonl.gz/.json/.csv/.parquet/.arrow), directory, glob, or hub name"
+    )
     type: str = Field(description="Formatter plugin that turns a row into prompt/answer segments")
     split: str = Field("train", description="Split to read (hub datasets and directories)")
     name: str | None = Field(None, description="Hub dataset configuration name")
     data_files: str | list[str] | None = Field(None, description="Files inside a hub dataset")
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit)")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="Mixing weight: this dataset's share of the training rows is weight / sum of weights "
+        "(1 where unset); a dataset is repeated or subsampled to its share",
+    )
+
+
+class Filters(Strict):
+    """Row filters applied after formatting and tokenizing; dropped rows are counted in the report."""
+
+    dedupe: bool = Field(False, description="Drop exact duplicates (same tokens and same loss mask)")
+    drop_regex: list[str] = Field(
+        default_factory=list, description="Drop rows whose formatted text matches any of these regexes"
+    )
+    min_length: int | None = Field(None, gt=0, description="Drop rows shorter than this many tokens")
+    max_length: int | None = Field(None, gt=0, description="Drop rows longer than this many tokens")
 
 
 class TrainConfig(Strict):
@@ -60,17 +80,32 @@ class TrainConfig(Strict):
     tokenizer: str | None = Field(None, description="Tokenizer location (default: base_model)")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint")
     # data
-    datasets: list[DatasetSpec] = Field(min_length=1, description="Training data, concatenated")
+    datasets: list[DatasetSpec] = Field(
+        min_length=1, description="Training data: concatenated, or mixed when a dataset sets weight"
+    )
+    test_datasets: list[DatasetSpec] = Field(
+        default_factory=list, description="Evaluation data (instead of val_set_size)"
+    )
     val_set_size: float = Field(
         0.0, ge=0, description="Held-out share (0 < x < 1) or row count (x >= 1) for evaluation"
     )
+    shuffle: bool = Field(True, description="Shuffle the prepared training rows (by seed)")
     dataset_prepared_path: str | None = Field(
         None, description="Directory for the tokenized-dataset cache (reused when nothing changed)"
     )
+    dataset_num_proc: int = Field(1, gt=0, description="Processes that format and tokenize rows")
     on_bad_rows: Literal["fail", "skip"] = Field(
         "fail", description="A malformed row stops the run (fail) or is skipped and counted (skip)"
     )
-    sequence_len: int = Field(2048, gt=0, description="Max tokens per example; longer are truncated")
+    sequence_len: int = Field(2048, gt=0, description="Max tokens per example")
+    too_long: Literal["drop", "truncate"] = Field(
+        "drop",
+        description="Examples over sequence_len are dropped and counted, or truncated (raw-text "
+        "formatters such as completion split them into chunks instead)",
+    )
+    filters: Filters = Field(
+        default_factory=lambda: Filters.model_validate({}), description="Row filters (dedupe, regex, length)"
+    )
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N train rows")
     max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N eval rows")
     # batch and schedule

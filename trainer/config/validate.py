@@ -8,6 +8,7 @@ Nothing here loads a model or a dataset, and torch is imported only when `traine
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from pydantic import BaseModel, ValidationError
 from trainer.api import Plugin
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.overrides import apply_overrides
-from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, TrainConfig
+from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, Filters, TrainConfig
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
 from trainer.registry import Entry, PluginError, Registry, default_registry
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
+DATASET_LISTS = ("datasets", "test_datasets")
 
 # SFTConfig fields that have a first-class key of their own.
 OWNED_BY_TOP_LEVEL = {
@@ -39,6 +41,7 @@ OWNED_BY_TOP_LEVEL = {
     "load_best_model_at_end": "load_best_model_at_end", "report_to": "report_to",
     "metric_for_best_model": "metric_for_best_model", "max_length": "sequence_len",
     "resume_from_checkpoint": "resume_from_checkpoint", "trust_remote_code": "trust_remote_code",
+    "dataset_num_proc": "dataset_num_proc", "shuffle_dataset": "shuffle",
 }  # fmt: skip
 
 
@@ -62,9 +65,17 @@ class Resolved:
     distributed: Chosen
     callbacks: list[Chosen] = field(default_factory=list)
     formatters: list[Chosen] = field(default_factory=list)
+    test_formatters: list[Chosen] = field(default_factory=list)
 
     def plugins(self) -> list[Chosen]:
-        return [*self.formatters, self.adapter, self.attention, self.distributed, *self.callbacks]
+        return [
+            *self.formatters,
+            *self.test_formatters,
+            self.adapter,
+            self.attention,
+            self.distributed,
+            *self.callbacks,
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The config with every default filled in and plugin blocks expanded; re-runnable."""
@@ -72,10 +83,11 @@ class Resolved:
         for key in PLUGIN_FIELDS:
             data[key] = _block(getattr(self, key))
         data["callbacks"] = [_block(c) for c in self.callbacks]
-        data["datasets"] = [
-            {**spec.model_dump(mode="json", exclude=set(spec.model_extra or {})), **_block(chosen)}
-            for spec, chosen in zip(self.config.datasets, self.formatters, strict=True)
-        ]
+        for key, chosen_list in (("datasets", self.formatters), ("test_datasets", self.test_formatters)):
+            data[key] = [
+                {**spec.model_dump(mode="json", exclude=set(spec.model_extra or {})), **_block(chosen)}
+                for spec, chosen in zip(getattr(self.config, key), chosen_list, strict=True)
+            ]
         return data
 
 
@@ -185,8 +197,10 @@ def _message(error: Any, path: Path, model: type[BaseModel]) -> str:
 
 def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
     """Field names of the pydantic model found at `path` (for did-you-mean)."""
-    if path and path[0] == "datasets":
+    if path and path[0] in DATASET_LISTS:
         return list(DatasetSpec.model_fields)
+    if path and path[0] == "filters":
+        return list(Filters.model_fields)
     return list(model.model_fields)
 
 
@@ -205,15 +219,19 @@ def _choose_plugins(data: dict[str, Any], registry: Registry, problems: list[Pro
     chosen["callbacks"] = [
         _choose(registry, "callbacks", ("callbacks", i), block, problems) for i, block in enumerate(callbacks)
     ]
-    formatters = []
-    for i, spec in enumerate(data.get("datasets") or []):
-        if isinstance(spec, dict) and "type" in spec:
-            options = {k: v for k, v in spec.items() if k not in DatasetSpec.model_fields}
-            formatters.append(
-                _choose(registry, "formatters", ("datasets", i), {**options, "type": spec["type"]}, problems)
-            )
-    chosen["formatters"] = formatters
+    for key, target in (("datasets", "formatters"), ("test_datasets", "test_formatters")):
+        specs = data.get(key) or []
+        chosen[target] = [
+            _choose(registry, "formatters", (key, i), _formatter_block(spec), problems)
+            for i, spec in enumerate(specs if isinstance(specs, list) else [])
+            if isinstance(spec, dict) and "type" in spec
+        ]
     return chosen  # entries may be None where a problem was recorded
+
+
+def _formatter_block(spec: dict[str, Any]) -> dict[str, Any]:
+    """A dataset entry's formatter block: its `type` and the keys that are not dataset keys."""
+    return {k: v for k, v in spec.items() if k == "type" or k not in DatasetSpec.model_fields}
 
 
 def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: list[Problem]) -> Chosen | None:
@@ -284,7 +302,7 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
     """Resolve the defaults that depend on other keys, so the resolved file states them."""
     updates: dict[str, Any] = {}
     if config.eval_strategy is None:
-        has_val = config.val_set_size > 0
+        has_val = config.val_set_size > 0 or bool(config.test_datasets)
         updates["eval_strategy"] = "steps" if config.eval_steps else ("epoch" if has_val else "no")
     if config.eval_batch_size is None:
         updates["eval_batch_size"] = config.micro_batch_size
@@ -305,8 +323,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("warmup_steps", "set warmup_ratio or warmup_steps, not both")
     if c.bf16 and c.fp16:
         bad("fp16", "set bf16 or fp16, not both")
-    if c.eval_strategy != "no" and c.val_set_size == 0:
-        bad("eval_strategy", f"'{c.eval_strategy}' needs held-out data: set val_set_size")
+    if c.eval_strategy != "no" and c.val_set_size == 0 and not c.test_datasets:
+        bad("eval_strategy", f"'{c.eval_strategy}' needs held-out data: set val_set_size or test_datasets")
     if c.eval_steps is not None and c.eval_strategy != "steps":
         bad("eval_steps", f"has no effect with eval_strategy '{c.eval_strategy}'")
     if c.save_steps is not None and c.save_strategy != "steps":
@@ -337,6 +355,20 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
                     "save_steps",
                     f"must be a multiple of eval_steps ({c.eval_steps:g}) with load_best_model_at_end",
                 )
+    if c.test_datasets and c.val_set_size:
+        bad("val_set_size", "set val_set_size or test_datasets, not both")
+    for i, pattern in enumerate(c.filters.drop_regex):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            problems.append(Problem(("filters", "drop_regex", i), f"not a valid regular expression: {err}"))
+    low, high = c.filters.min_length, c.filters.max_length
+    if low is not None and high is not None and low > high:
+        bad("filters", f"min_length ({low}) is above max_length ({high})")
+    if high is not None and high > c.sequence_len and c.too_long == "drop":
+        problems.append(
+            Problem(("filters", "max_length"), f"above sequence_len ({c.sequence_len}), so it drops nothing")
+        )
     if c.overwrite_output_dir and c.resume_from_checkpoint:
         bad("resume_from_checkpoint", "cannot resume and overwrite output_dir at once")
     return problems
@@ -371,11 +403,16 @@ def _check_paths(data: dict[str, Any]) -> list[Problem]:
 
     check(("base_model",), data.get("base_model"), "model", is_file=False, hub_model=True)
     check(("tokenizer",), data.get("tokenizer"), "tokenizer", is_file=False, hub_model=True)
-    specs = data.get("datasets")
-    for i, spec in enumerate(specs if isinstance(specs, list) else []):
-        path = spec.get("path") if isinstance(spec, dict) else None
-        is_file = isinstance(path, str) and path.endswith(LOCAL_DATA_SUFFIXES)
-        check(("datasets", i, "path"), path, "dataset", is_file, hub_model=False)
+    for key in DATASET_LISTS:
+        specs = data.get(key)
+        for i, spec in enumerate(specs if isinstance(specs, list) else []):
+            path = spec.get("path") if isinstance(spec, dict) else None
+            if isinstance(path, str) and glob.has_magic(path):
+                if not glob.glob(os.path.expanduser(path), recursive=True):
+                    problems.append(Problem((key, i, "path"), f"no file matches the pattern '{path}'"))
+                continue
+            is_file = isinstance(path, str) and path.endswith(LOCAL_DATA_SUFFIXES)
+            check((key, i, "path"), path, "dataset", is_file, hub_model=False)
     return problems
 
 

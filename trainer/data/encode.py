@@ -1,6 +1,9 @@
-"""Segments -> `input_ids` + `labels`: each segment tokenized on its own (as at inference, where
-the prompt is tokenized alone), untrained segments masked with -100, BOS prepended, EOS appended
-and trained, then truncated to `sequence_len`.
+"""Segments -> `input_ids` + `labels`.
+
+Each text segment is tokenized on its own (as at inference, where the prompt is tokenized alone),
+untrained segments are masked with -100, BOS is prepended and EOS appended (and trained) when the
+formatter asks for them. A batch of rows is tokenized in one tokenizer call. `fit` then applies
+the length policy: chunks for raw text, else keep, truncate or drop.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ IGNORE = -100
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    truncated: bool
+
+    def trainable(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
 
 
 class SegmentEncoder:
@@ -33,21 +38,42 @@ class SegmentEncoder:
         self.eos = tokenizer.eos_token_id
 
     def encode(self, formatter: Formatter, segments: list[Segment]) -> Encoded:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        if formatter.add_bos and self.bos is not None:
-            input_ids.append(self.bos)
-            labels.append(IGNORE)
-        for segment in segments:
-            ids = segment.ids
-            if ids is None:
-                ids = self.tokenizer(segment.text, add_special_tokens=False).input_ids if segment.text else []
-            input_ids.extend(ids)
-            labels.extend(ids if segment.train else [IGNORE] * len(ids))
-        if formatter.add_eos:
-            input_ids.append(self.eos)
-            labels.append(self.eos)
-        truncated = len(input_ids) > self.sequence_len
-        if truncated:
-            input_ids, labels = input_ids[: self.sequence_len], labels[: self.sequence_len]
-        return Encoded(input_ids, labels, truncated)
+        """One row, full length (see `fit`)."""
+        return self.encode_batch(formatter, [segments])[0]
+
+    def encode_batch(self, formatter: Formatter, rows: list[list[Segment]]) -> list[Encoded]:
+        """Many rows with one tokenizer call; each result is full length (see `fit`)."""
+        texts = [seg.text for segments in rows for seg in segments if seg.ids is None and seg.text]
+        tokenized = iter(self.tokenizer(texts, add_special_tokens=False).input_ids if texts else [])
+        out = []
+        for segments in rows:
+            input_ids: list[int] = []
+            labels: list[int] = []
+            if formatter.add_bos and self.bos is not None:
+                input_ids.append(self.bos)
+                labels.append(IGNORE)
+            for seg in segments:
+                ids = seg.ids if seg.ids is not None else (next(tokenized) if seg.text else [])
+                input_ids.extend(ids)
+                labels.extend(ids if seg.train else [IGNORE] * len(ids))
+            if formatter.add_eos:
+                input_ids.append(self.eos)
+                labels.append(self.eos)
+            out.append(Encoded(input_ids, labels))
+        return out
+
+
+def fit(encoded: Encoded, sequence_len: int, *, split: bool, too_long: str) -> tuple[list[Encoded], str]:
+    """Apply the length policy. Returns (pieces, what happened): what is '' (fits), 'chunked',
+    'truncated' or 'too long' (dropped: no pieces)."""
+    ids, labels = encoded.input_ids, encoded.labels
+    if len(ids) <= sequence_len:
+        return [encoded], ""
+    if split:
+        return [
+            Encoded(ids[i : i + sequence_len], labels[i : i + sequence_len])
+            for i in range(0, len(ids), sequence_len)
+        ], "chunked"
+    if too_long == "truncate":
+        return [Encoded(ids[:sequence_len], labels[:sequence_len])], "truncated"
+    return [], "too long"

@@ -1,138 +1,236 @@
-"""Build the train and eval datasets of a run: read, format, encode, report, split, cache.
+"""Build the train and eval datasets of a run: read, format, encode, filter, de-duplicate, split,
+mix, shuffle, report, cache.
 
-The result has `input_ids` and `labels` columns, which TRL's SFTTrainer uses as they are.
+The result has `input_ids` and `labels` columns (-100 where no loss), which TRL's SFTTrainer uses
+as they are. With `dataset_prepared_path` the result is saved under a directory named by a
+fingerprint of everything that changes it, and reused when nothing did.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer import __version__
-from trainer.api import Formatter, RowError
-from trainer.config.validate import Resolved
-from trainer.data.encode import IGNORE, SegmentEncoder
-from trainer.data.readers import DataError, read_rows
+from trainer.api import Formatter
+from trainer.config.errors import dotted
+from trainer.config.validate import Chosen, Resolved
+from trainer.data.encode import Encoded
+from trainer.data.process import RowProcessor, process_rows
+from trainer.data.readers import DataError, Source
+from trainer.data.report import DataReport, DatasetCounts
+
+FINGERPRINT_KEYS = (
+    "datasets", "test_datasets", "sequence_len", "val_set_size", "seed", "on_bad_rows", "too_long",
+    "filters", "shuffle",
+)  # fmt: skip
+"""Config keys that change the prepared data (the data files' bytes and the tokenizer are hashed too)."""
 
 
 @dataclass
-class DataReport:
-    """What happened to the rows: printed at start and written beside a cached dataset."""
+class Example:
+    """One prepared example with the row it came from (for `preprocess --show`)."""
 
-    rows_read: int = 0
-    rows_kept: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    truncated: int = 0
-    total_tokens: int = 0
-    trainable_tokens: int = 0
-    length_p50: int = 0
-    length_p95: int = 0
-    length_max: int = 0
-    train_rows: int = 0
-    eval_rows: int = 0
-    first_bad_rows: list[str] = field(default_factory=list)
-    cache: str = ""
-
-    def drop(self, reason: str, where: str, message: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        if len(self.first_bad_rows) < 5:
-            self.first_bad_rows.append(f"{where}  {message}")
-
-    def lines(self) -> list[str]:
-        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
-        out = [
-            f"rows read {self.rows_read}, kept {self.rows_kept}, dropped: {dropped}, "
-            f"truncated to sequence_len: {self.truncated}",
-            f"tokens {self.total_tokens} (trainable {self.trainable_tokens}); "
-            f"length p50 {self.length_p50} / p95 {self.length_p95} / max {self.length_max}",
-            f"train rows {self.train_rows}, eval rows {self.eval_rows}",
-        ]
-        out += [f"  skipped: {line}" for line in self.first_bad_rows]
-        if self.cache:
-            out.append(self.cache)
-        return out
+    where: str
+    input_ids: list[int]
+    labels: list[int]
 
 
-def encode_rows(resolved: Resolved, tokenizer: Any) -> tuple[dict[str, list[Any]], DataReport]:
-    """Read and encode every dataset of the config, in order."""
-    config = resolved.config
-    encoder = SegmentEncoder(tokenizer, config.sequence_len)
-    columns: dict[str, list[Any]] = {"input_ids": [], "labels": []}
-    report = DataReport()
-    for spec, chosen in zip(config.datasets, resolved.formatters, strict=True):
-        formatter: Formatter = chosen.plugin  # type: ignore[assignment]
-        for where, row in read_rows(spec):
-            report.rows_read += 1
-            try:
-                if isinstance(row, DataError):
-                    raise row
-                if not isinstance(row, dict):
-                    raise DataError(where, f"a row must be an object, got {type(row).__name__}")
-                encoded = encoder.encode(formatter, formatter.format(row))
-            except (DataError, RowError) as err:
-                message = err.message if isinstance(err, DataError) else str(err)
-                if config.on_bad_rows == "fail":
-                    raise DataError(where, f"{message} (set on_bad_rows: skip to skip such rows)") from None
-                report.drop("bad", where, message)
-                continue
-            trainable = sum(1 for label in encoded.labels if label != IGNORE)
-            if trainable == 0:
-                report.drop("no trainable tokens", where, "nothing left to train on after truncation")
-                continue
-            report.truncated += encoded.truncated
-            report.total_tokens += len(encoded.input_ids)
-            report.trainable_tokens += trainable
-            columns["input_ids"].append(encoded.input_ids)
-            columns["labels"].append(encoded.labels)
-    report.rows_kept = len(columns["input_ids"])
-    if report.rows_kept == 0:
-        raise DataError(config.datasets[0].path, "no usable rows in the datasets")
-    lengths = sorted(len(ids) for ids in columns["input_ids"])
-    report.length_p50 = lengths[len(lengths) // 2]
-    report.length_p95 = lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))]
-    report.length_max = lengths[-1]
-    return columns, report
+@dataclass
+class Prepared:
+    train: Any
+    eval: Any
+    report: DataReport
+    cache_dir: str | None
+    examples: list[Example] = field(default_factory=list)
 
 
-def build_datasets(resolved: Resolved, tokenizer: Any) -> tuple[Any, Any, DataReport, str | None]:
-    """Train and eval `datasets.Dataset`s (eval None without val_set_size), the report, and the
-    cache directory used (None without dataset_prepared_path)."""
+@dataclass
+class _Rows:
+    """The kept rows of one dataset: each row is a list of examples (several for chunked text)."""
+
+    rows: list[list[Encoded]] = field(default_factory=list)
+
+
+def build_datasets(resolved: Resolved, tokenizer: Any, show: int = 0) -> Prepared:
+    """Prepare (or reuse) the datasets of a run. `show` keeps the first N training examples."""
     import datasets
 
     config = resolved.config
-    cache_dir = None
-    if config.dataset_prepared_path:
-        cache_dir = os.path.join(config.dataset_prepared_path, fingerprint(resolved, tokenizer))
-        if os.path.isfile(os.path.join(cache_dir, "report.json")):
-            with open(os.path.join(cache_dir, "report.json"), encoding="utf-8") as handle:
-                report = DataReport(**json.load(handle))
-            report.cache = f"reused the prepared dataset {cache_dir} (nothing that changes it changed)"
-            train = datasets.load_from_disk(os.path.join(cache_dir, "train"))
-            has_eval = os.path.isdir(os.path.join(cache_dir, "eval"))
-            evals = datasets.load_from_disk(os.path.join(cache_dir, "eval")) if has_eval else None
-            return (*_limit(train, evals, resolved, report), report, cache_dir)
-    columns, report = encode_rows(resolved, tokenizer)
-    full = datasets.Dataset.from_dict(columns)
-    train, evals = split(full, config.val_set_size, config.seed)
+    prepare_formatters(resolved, tokenizer)
+    train_sources = [Source(spec) for spec in config.datasets]
+    test_sources = [Source(spec) for spec in config.test_datasets]
+    fp = fingerprint(resolved, tokenizer, [*train_sources, *test_sources])
+    cache_dir = os.path.join(config.dataset_prepared_path, fp) if config.dataset_prepared_path else None
+    if cache_dir and is_complete(cache_dir) and not show:
+        train, evals, report = load_cache(cache_dir)
+        report.cache = f"reused the prepared dataset {cache_dir} (nothing that changes it changed)"
+        return Prepared(*_limit(train, evals, resolved, report), report, cache_dir)
+
+    report = DataReport(fingerprint=fp)
+    examples: list[Example] = []
+    seen: set[bytes] = set()
+    per_source = []
+    for role, sources, chosen_list in (
+        ("train", train_sources, resolved.formatters),
+        ("test", test_sources, resolved.test_formatters),
+    ):
+        for source, chosen in zip(sources, chosen_list, strict=True):
+            counts = DatasetCounts(source.spec.path, role, weight=source.spec.weight)
+            kept = _encode_source(resolved, tokenizer, source, chosen, counts, report, seen, examples, show)
+            report.datasets.append(counts)
+            per_source.append((counts, kept))
+    report.rows_kept = sum(counts.rows_kept for counts, _ in per_source)
+    report.examples = sum(counts.examples for counts, _ in per_source)
+    train_parts = [kept.rows for counts, kept in per_source if counts.role == "train"]
+    test_rows = [row for counts, kept in per_source if counts.role == "test" for row in kept.rows]
+    if not any(train_parts):
+        raise DataError(config.datasets[0].path, "no usable rows in the training datasets")
+    where = resolved.source.where(("val_set_size",)) or "val_set_size"
+    train_parts, eval_rows = _hold_out(train_parts, test_rows, config.val_set_size, config.seed, where)
+    train_rows = _mix(train_parts, [s.spec.weight for s in train_sources], config.seed, report)
+    if config.shuffle:
+        train_rows = _shuffled(train_rows, config.seed)
+    train_examples = [example for row in train_rows for example in row]
+    eval_examples = [example for row in eval_rows for example in row]
+    report.measure([len(e.input_ids) for e in train_examples], sum(e.trainable() for e in train_examples))
+    train = datasets.Dataset.from_dict(_columns(train_examples))
+    evals = datasets.Dataset.from_dict(_columns(eval_examples)) if eval_examples else None
     if cache_dir:
-        report.cache = f"prepared dataset written to {cache_dir}"
         _write_cache(cache_dir, train, evals, report)
-    return (*_limit(train, evals, resolved, report), report, cache_dir)
+        report.cache = f"prepared dataset written to {cache_dir}"
+    return Prepared(*_limit(train, evals, resolved, report), report, cache_dir, examples)
 
 
-def split(dataset: Any, val_set_size: float, seed: int) -> tuple[Any, Any]:
-    """Deterministic train/eval split: a share (0 < x < 1) or a count of rows, by seed."""
-    if val_set_size <= 0:
-        return dataset, None
-    size: float | int = val_set_size if val_set_size < 1 else int(val_set_size)
-    if isinstance(size, int) and size >= len(dataset):
-        raise DataError("val_set_size", f"{size} eval rows leaves no training rows ({len(dataset)} in all)")
-    parts = dataset.train_test_split(test_size=size, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
+def prepare_formatters(resolved: Resolved, tokenizer: Any) -> None:
+    """Give every formatter the tokenizer. A chat formatter may set the tokenizer's template (saved
+    with the model); two formatters wanting different templates cannot share one tokenizer."""
+    set_by: Chosen | None = None
+    for chosen in [*resolved.formatters, *resolved.test_formatters]:
+        where = resolved.source.where(chosen.path) or dotted(chosen.path)
+        before = getattr(tokenizer, "chat_template", None)
+        try:
+            chosen.plugin.prepare(tokenizer)  # type: ignore[attr-defined]
+        except ValueError as err:
+            raise DataError(where, f"{dotted(chosen.path)}: {err}") from None
+        if getattr(tokenizer, "chat_template", None) != before:
+            if set_by is not None:
+                raise DataError(
+                    where,
+                    f"{dotted(chosen.path)} sets a different chat template than {dotted(set_by.path)}; "
+                    "a run saves one template with its tokenizer",
+                )
+            set_by = chosen
+
+
+def _encode_source(
+    resolved: Resolved,
+    tokenizer: Any,
+    source: Source,
+    chosen: Chosen,
+    counts: DatasetCounts,
+    report: DataReport,
+    seen: set[bytes],
+    examples: list[Example],
+    show: int,
+) -> _Rows:
+    config = resolved.config
+    formatter: Formatter = chosen.plugin  # type: ignore[assignment]
+    processor = RowProcessor(formatter, tokenizer, config)
+    kept = _Rows()
+    for outcome in process_rows(processor, source.rows(), config.dataset_num_proc):
+        counts.rows_read += 1
+        report.rows_read += 1
+        if outcome.reason == "bad" and config.on_bad_rows == "fail":
+            raise DataError(outcome.where, f"{outcome.message} (set on_bad_rows: skip to skip such rows)")
+        if not outcome.reason and config.filters.dedupe:
+            if outcome.key in seen:
+                outcome.reason, outcome.message = "duplicate", "same tokens and loss mask as an earlier row"
+            seen.add(outcome.key)
+        if outcome.reason:
+            report.drop(outcome.reason, outcome.where, outcome.message)
+            continue
+        report.truncated += outcome.changed == "truncated"
+        report.chunked += outcome.changed == "chunked"
+        counts.rows_kept += 1
+        counts.examples += len(outcome.examples)
+        kept.rows.append(outcome.examples)
+        if len(examples) < show and counts.role == "train":
+            examples += [Example(outcome.where, e.input_ids, e.labels) for e in outcome.examples]
+    del examples[show:]
+    return kept
+
+
+Rows = list[list[Encoded]]
+
+
+def _hold_out(
+    parts: list[Rows], test_rows: Rows, val_set_size: float, seed: int, where: str
+) -> tuple[list[Rows], Rows]:
+    """Eval rows: the test datasets, or `val_set_size` rows drawn (by seed) from the training
+    datasets before mixing, so a repeated training row never lands in eval."""
+    import numpy as np
+
+    if test_rows or val_set_size <= 0:
+        return parts, test_rows
+    total = sum(len(part) for part in parts)
+    n_eval = math.ceil(val_set_size * total) if val_set_size < 1 else int(val_set_size)
+    if n_eval >= total:
+        message = f"val_set_size: {n_eval} eval rows leaves no training rows ({total} rows in all)"
+        raise DataError(where, message)
+    held = set(np.random.default_rng(seed).permutation(total)[:n_eval].tolist())
+    kept_parts: list[Rows] = []
+    eval_rows: Rows = []
+    index = 0
+    for part in parts:
+        kept: Rows = []
+        for row in part:
+            (eval_rows if index in held else kept).append(row)
+            index += 1
+        kept_parts.append(kept)
+    return kept_parts, eval_rows
+
+
+def _mix(parts: list[Rows], weights: list[float | None], seed: int, report: DataReport) -> Rows:
+    """Concatenate, or with weights give dataset i round(N * w_i / sum(w)) rows (N = all training
+    rows; unset weights count 1): a dataset is repeated whole as often as its share allows, then
+    topped up with a seeded sample of its rows."""
+    import numpy as np
+
+    train_counts = [c for c in report.datasets if c.role == "train"]
+    if all(weight is None for weight in weights):
+        for counts, part in zip(train_counts, parts, strict=True):
+            counts.train_rows = len(part)
+        return [row for part in parts for row in part]
+    shares = [1.0 if weight is None else weight for weight in weights]
+    total = sum(len(part) for part in parts)
+    rng = np.random.default_rng([seed, 1])
+    mixed: Rows = []
+    for counts, part, share in zip(train_counts, parts, shares, strict=True):
+        target = round(total * share / sum(shares))
+        if target and not part:
+            raise DataError(counts.path, f"has weight {share:g} but no usable training rows")
+        repeats, extra = divmod(target, len(part)) if part else (0, 0)
+        picked = [*range(len(part))] * repeats + sorted(rng.choice(len(part), extra, replace=False).tolist())
+        mixed += [part[i] for i in picked]
+        counts.train_rows = target
+    return mixed
+
+
+def _shuffled(rows: Rows, seed: int) -> Rows:
+    import numpy as np
+
+    order = np.random.default_rng([seed, 2]).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def _columns(examples: list[Encoded]) -> dict[str, list[list[int]]]:
+    return {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
 
 
 def _limit(train: Any, evals: Any, resolved: Resolved, report: DataReport) -> tuple[Any, Any]:
@@ -145,6 +243,27 @@ def _limit(train: Any, evals: Any, resolved: Resolved, report: DataReport) -> tu
     return train, evals
 
 
+# ---- cache -----------------------------------------------------------------------------------
+
+REPORT_NAME = "report.json"
+
+
+def is_complete(cache_dir: str) -> bool:
+    """A cache directory is complete once renamed into place, with its report written last."""
+    return os.path.isfile(os.path.join(cache_dir, REPORT_NAME))
+
+
+def load_cache(cache_dir: str) -> tuple[Any, Any, DataReport]:
+    import datasets
+
+    with open(os.path.join(cache_dir, REPORT_NAME), encoding="utf-8") as handle:
+        report = DataReport.from_json(handle.read())
+    train = datasets.load_from_disk(os.path.join(cache_dir, "train"))
+    eval_dir = os.path.join(cache_dir, "eval")
+    evals = datasets.load_from_disk(eval_dir) if os.path.isdir(eval_dir) else None
+    return train, evals, report
+
+
 def _write_cache(cache_dir: str, train: Any, evals: Any, report: DataReport) -> None:
     """Write to a temporary directory, then rename: a half-written cache is never used."""
     tmp = f"{cache_dir}.tmp-{os.getpid()}"
@@ -152,41 +271,27 @@ def _write_cache(cache_dir: str, train: Any, evals: Any, report: DataReport) -> 
     train.save_to_disk(os.path.join(tmp, "train"))
     if evals is not None:
         evals.save_to_disk(os.path.join(tmp, "eval"))
-    with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(asdict(report), handle, indent=2)
+    with open(os.path.join(tmp, REPORT_NAME), "w", encoding="utf-8") as handle:
+        handle.write(report.to_json())
     try:
         os.replace(tmp, cache_dir)
     except OSError:  # another process finished the same cache first
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fingerprint(resolved: Resolved, tokenizer: Any) -> str:
-    """A hash of everything that changes the prepared data."""
+def fingerprint(resolved: Resolved, tokenizer: Any, sources: list[Source] | None = None) -> str:
+    """A hash of everything that changes the prepared data: the data-shaping config keys (datasets
+    with their formatter options, filters, sequence_len, seed, ...), the data's content, the
+    tokenizer with its chat template, and this package's version."""
     config = resolved.config
     resolved_dict = resolved.to_dict()
     digest = hashlib.sha256()
-    keys = ("datasets", "sequence_len", "val_set_size", "seed", "on_bad_rows")
-    digest.update(json.dumps({k: resolved_dict[k] for k in keys}, sort_keys=True).encode())
+    digest.update(json.dumps({k: resolved_dict[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode())
     digest.update(__version__.encode())
-    for spec in config.datasets:
-        for file in _local_files(spec.path):
-            digest.update(file.encode())
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    for source in sources or [Source(spec) for spec in [*config.datasets, *config.test_datasets]]:
+        digest.update(source.identity().encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     digest.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     digest.update(str(getattr(tokenizer, "chat_template", "")).encode())
     return "prepared-" + digest.hexdigest()[:16]
-
-
-def _local_files(path: str) -> list[str]:
-    """The files behind a local dataset path (none for a hub name: its name and split are hashed)."""
-    if os.path.isfile(path):
-        return [path]
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
-    return found
