@@ -33,21 +33,11 @@ FINGERPRINT_KEYS = (
 
 
 @dataclass
-class Example:
-    """One prepared example with the row it came from (for `preprocess --show`)."""
-
-    where: str
-    input_ids: list[int]
-    labels: list[int]
-
-
-@dataclass
 class Prepared:
     train: Any
     eval: Any
     report: DataReport
     cache_dir: str | None
-    examples: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -57,8 +47,8 @@ class _Rows:
     rows: list[list[Encoded]] = field(default_factory=list)
 
 
-def build_datasets(resolved: Resolved, tokenizer: Any, show: int = 0) -> Prepared:
-    """Prepare (or reuse) the datasets of a run. `show` keeps the first N training examples."""
+def build_datasets(resolved: Resolved, tokenizer: Any) -> Prepared:
+    """Prepare (or reuse) the datasets of a run."""
     import datasets
 
     config = resolved.config
@@ -67,13 +57,12 @@ def build_datasets(resolved: Resolved, tokenizer: Any, show: int = 0) -> Prepare
     test_sources = [Source(spec) for spec in config.test_datasets]
     fp = fingerprint(resolved, tokenizer, [*train_sources, *test_sources])
     cache_dir = os.path.join(config.dataset_prepared_path, fp) if config.dataset_prepared_path else None
-    if cache_dir and is_complete(cache_dir) and not show:
+    if cache_dir and is_complete(cache_dir):
         train, evals, report = load_cache(cache_dir)
         report.cache = f"reused the prepared dataset {cache_dir} (nothing that changes it changed)"
         return Prepared(*_limit(train, evals, resolved, report), report, cache_dir)
 
     report = DataReport(fingerprint=fp)
-    examples: list[Example] = []
     seen: set[bytes] = set()
     per_source = []
     for role, sources, chosen_list in (
@@ -82,7 +71,7 @@ def build_datasets(resolved: Resolved, tokenizer: Any, show: int = 0) -> Prepare
     ):
         for source, chosen in zip(sources, chosen_list, strict=True):
             counts = DatasetCounts(source.spec.path, role, weight=source.spec.weight)
-            kept = _encode_source(resolved, tokenizer, source, chosen, counts, report, seen, examples, show)
+            kept = _encode_source(resolved, tokenizer, source, chosen, counts, report, seen)
             report.datasets.append(counts)
             per_source.append((counts, kept))
     report.rows_kept = sum(counts.rows_kept for counts, _ in per_source)
@@ -104,7 +93,7 @@ def build_datasets(resolved: Resolved, tokenizer: Any, show: int = 0) -> Prepare
     if cache_dir:
         _write_cache(cache_dir, train, evals, report)
         report.cache = f"prepared dataset written to {cache_dir}"
-    return Prepared(*_limit(train, evals, resolved, report), report, cache_dir, examples)
+    return Prepared(*_limit(train, evals, resolved, report), report, cache_dir)
 
 
 def prepare_formatters(resolved: Resolved, tokenizer: Any) -> None:
@@ -136,8 +125,6 @@ def _encode_source(
     counts: DatasetCounts,
     report: DataReport,
     seen: set[bytes],
-    examples: list[Example],
-    show: int,
 ) -> _Rows:
     config = resolved.config
     formatter: Formatter = chosen.plugin  # type: ignore[assignment]
@@ -160,9 +147,6 @@ def _encode_source(
         counts.rows_kept += 1
         counts.examples += len(outcome.examples)
         kept.rows.append(outcome.examples)
-        if len(examples) < show and counts.role == "train":
-            examples += [Example(outcome.where, e.input_ids, e.labels) for e in outcome.examples]
-    del examples[show:]
     return kept
 
 

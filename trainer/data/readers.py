@@ -86,22 +86,29 @@ def _local_files(spec: DatasetSpec) -> list[str] | None:
         return None
     if glob.has_magic(path):
         matches = sorted(glob.glob(path, recursive=True))
-        files = [f for m in matches for f in (_dir_files(m) if os.path.isdir(m) else [m])]
+        files = [f for m in matches for f in (_split_files(m, spec.split) if os.path.isdir(m) else [m])]
         return [f for f in files if f.endswith(FILE_SUFFIXES)]
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path) and not _is_saved_dataset(path):
-        files = [f for f in _dir_files(path) if f.endswith(FILE_SUFFIXES)]
-        return files or None
+        files = _split_files(path, spec.split)
+        return files if all(f.endswith(FILE_SUFFIXES) for f in files) else None
     return None
 
 
-def _dir_files(path: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
-    return found
+def _split_files(directory: str, split: str) -> list[str]:
+    """The files of one split in a directory, by the `datasets` library's own naming rules
+    (train.jsonl, data/test-00001.parquet, ...; every file is 'train' when none is named)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        splits = DataFilesDict.from_patterns(get_data_patterns(directory), base_path=directory)
+    except Exception as err:  # datasets raises EmptyDatasetError and friends
+        raise DataError(directory, f"no data files found: {err}") from None
+    if split not in splits:
+        found = ", ".join(map(str, splits))
+        raise DataError(directory, f"no files for split '{split}'; found splits: {found}")
+    return sorted(splits[split])
 
 
 def _is_saved_dataset(path: str) -> bool:
