@@ -90,6 +90,7 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> Prepared:
     report.measure([len(e.input_ids) for e in train_examples], sum(e.trainable() for e in train_examples))
     train = datasets.Dataset.from_dict(_columns(train_examples))
     evals = datasets.Dataset.from_dict(_columns(eval_examples)) if eval_examples else None
+    report.train_rows, report.eval_rows = len(train), len(evals) if evals is not None else 0
     if cache_dir:
         _write_cache(cache_dir, train, evals, report)
         report.cache = f"prepared dataset written to {cache_dir}"

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,7 +147,7 @@ def _jsonl(path: str) -> Iterator[Row]:
                 except jsonlines.InvalidLineError as err:
                     cause = err.__cause__ or err
                     yield f"{path}:{number}", DataError(f"{path}:{number}", f"invalid JSON: {cause}")
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
         raise DataError(path, f"cannot read: {err}") from None
 
 
@@ -171,8 +172,13 @@ def _csv(path: str) -> Iterator[Row]:
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
-            for row in reader:
-                yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+            reader.fieldnames  # reads the header line
+            while True:
+                first_line = reader.line_num + 1  # a quoted field may span several lines
+                row = next(reader, None)
+                if row is None:
+                    return
+                yield f"{path}:{first_line}", {k: v for k, v in row.items() if k is not None}
         except csv.Error as err:
             raise DataError(f"{path}:{reader.line_num}", f"invalid CSV: {err}") from None
 

@@ -1,0 +1,544 @@
+"""`chat_template` and `sharegpt`: conversations rendered with a chat template, loss on chosen turns.
+
+    datasets:
+      - path: data/chats.jsonl            # {"messages": [{"role": "user", "content": "..."}, ...]}
+        type: chat_template
+        chat_template: chatml             # tokenizer_default (the default), a built-in, or jinja
+        roles_to_train: [assistant]
+        train_on_eos: turn                # turn | all | last | none
+      - path: data/sharegpt.jsonl         # {"conversations": [{"from": "human", "value": "..."}, ...]}
+        type: sharegpt                    # the same, with ShareGPT's keys and role names as defaults
+        chat_template: jinja
+        chat_template_jinja: "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+        eot_tokens: ["<|end|>"]           # default: found in a probe render (tokenizer_default, jinja)
+
+Built-in templates: chatml, llama3, mistral, gemma, phi3, qwen. The template used (built-in or
+jinja) is set on the tokenizer, so it is saved with the trained model.
+
+A row is rendered once with the template (exactly what `tokenizer.apply_chat_template` gives),
+then the content of each trained message is located in that text: the conversation is rendered
+again with the contents replaced by sentinels, and the text between the sentinels must be the
+template's own (else, for a template that depends on the contents, one message at a time: the
+content starts where the render with only its content replaced parts from the real one). The
+content of trained messages and, per `train_on_eos`, the end-of-turn marker after it (e.g.
+`<|im_end|>`) get a loss; everything else (system and user turns, headers, BOS, separators) is
+masked. This is exact for templates without `{% generation %}` markers, templates that trim the
+content, and templates whose render of a conversation is not a prefix of a longer one's. A content
+the template changes (other than trimming it) is a row error when its message is trained.
+
+Segments are text; the core tokenizes them (the whole render at once for a tokenizer that
+tokenizes cut text differently from the whole, such as SentencePiece-style prefix spaces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plugins.formatters.chat_templates import BUILTIN_TEMPLATES
+from trainer.api import Formatter, Options, RowError, Segment
+from trainer.api import Options as BaseOptions
+from trainer.config.errors import did_you_mean
+
+TOKENIZER_DEFAULT = "tokenizer_default"
+JINJA = "jinja"
+_SENTINEL = re.compile("\ue000([0-9]+)\ue001")
+
+
+class ChatTemplateOptions(Options):
+    field_messages: str = Field("messages", description="Row field holding the list of messages")
+    message_property_mappings: dict[str, str] = Field(
+        {"role": "role", "content": "content"},
+        description="Message key -> the key used in the data (role and content; other keys are passed "
+        "to the template as they are named here)",
+    )
+    roles: dict[str, list[str]] | None = Field(
+        None,
+        description="Role -> the names the data uses for it, e.g. {user: [human], assistant: [gpt]}; "
+        "names not listed are used as they are",
+    )
+    roles_to_train: list[str] = Field(["assistant"], description="Roles whose messages get a loss")
+    train_on_eos: Literal["turn", "all", "last", "none"] = Field(
+        "turn",
+        description="End-of-turn markers with a loss: after each trained turn (turn), after every turn "
+        "(all), only after the last trained turn (last), or none",
+    )
+    message_field_training: str | None = Field(
+        None, description="Message key holding a bool that overrides roles_to_train for that message"
+    )
+    chat_template: str = Field(
+        TOKENIZER_DEFAULT,
+        description="tokenizer_default (the tokenizer's own), a built-in (chatml, llama3, mistral, gemma, "
+        "phi3, qwen), or jinja (with chat_template_jinja)",
+    )
+    chat_template_jinja: str | None = Field(
+        None, description="The Jinja template source, when chat_template is jinja"
+    )
+    eot_tokens: list[str] | None = Field(
+        None,
+        description="End-of-turn markers (default: the built-in template's, or the special token found "
+        "after an answer in a probe render)",
+    )
+    system_prompt: str | None = Field(
+        None, description="Inserted as the first message (role system) of conversations that have none"
+    )
+
+
+class ChatTemplate(Formatter):
+    name = "chat_template"
+    Options = ChatTemplateOptions
+
+    add_bos = False  # the rendered text holds whatever BOS/EOS the template writes
+    add_eos = False
+
+    def __init__(self, options: BaseOptions | None = None):
+        super().__init__(options)
+        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        default_mapping = type(opts).model_fields["message_property_mappings"].default
+        self._mapping = {**default_mapping, **opts.message_property_mappings}
+        self._role_names = {name: role for role, names in (opts.roles or {}).items() for name in names}
+        self._train_roles = frozenset(opts.roles_to_train)
+        self._tokenizer: Any = None
+        self._template = ""
+        self._template_vars: dict[str, Any] = {}
+        self._compiled: Any = None
+        self._eot: re.Pattern[str] | None = None
+        self.eot_tokens: list[str] = []
+
+    # ---- validate time --------------------------------------------------------------------------
+
+    def check(self, config: Any) -> list[str | tuple[str, str]]:
+        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        problems: list[str | tuple[str, str]] = []
+        known = [TOKENIZER_DEFAULT, JINJA, *BUILTIN_TEMPLATES]
+        if opts.chat_template not in known:
+            problems.append(
+                (
+                    "chat_template",
+                    f"unknown chat template '{opts.chat_template}'"
+                    f"{did_you_mean(opts.chat_template, known)}; known: {', '.join(known)}",
+                )
+            )
+        if opts.chat_template == JINJA:
+            if not opts.chat_template_jinja:
+                problems.append(("chat_template_jinja", "required when chat_template is 'jinja'"))
+            elif (error := jinja_syntax_error(opts.chat_template_jinja)) is not None:
+                problems.append(("chat_template_jinja", error))
+        elif opts.chat_template_jinja is not None:
+            problems.append(
+                (
+                    "chat_template_jinja",
+                    f"only used with chat_template: jinja (chat_template is '{opts.chat_template}')",
+                )
+            )
+        if opts.chat_template == TOKENIZER_DEFAULT:
+            where = config.tokenizer or config.base_model
+            if _local_tokenizer_without_template(where):
+                problems.append(
+                    (
+                        "chat_template",
+                        f"the tokenizer in {where} has no chat template; choose a built-in "
+                        f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja",
+                    )
+                )
+        if opts.eot_tokens is not None and any(not token for token in opts.eot_tokens):
+            problems.append(("eot_tokens", "an end-of-turn marker cannot be empty"))
+        seen: dict[str, str] = {}
+        for role, names in (opts.roles or {}).items():
+            for name in names:
+                if seen.setdefault(name, role) != role:
+                    problems.append(("roles", f"'{name}' is listed under both '{seen[name]}' and '{role}'"))
+        return problems
+
+    # ---- prepare --------------------------------------------------------------------------------
+
+    def prepare(self, tokenizer: Any) -> None:
+        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        self._tokenizer = tokenizer
+        self.add_bos = self.add_eos = False
+        builtin = BUILTIN_TEMPLATES.get(opts.chat_template)
+        if opts.chat_template == TOKENIZER_DEFAULT:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    "chat_template: the tokenizer has no chat template; choose a built-in "
+                    f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja"
+                )
+            template = tokenizer.get_chat_template()
+        elif opts.chat_template == JINJA:
+            if not opts.chat_template_jinja:
+                raise ValueError("chat_template_jinja is required when chat_template is 'jinja'")
+            template = opts.chat_template_jinja
+        elif builtin is not None:
+            template = builtin.source
+        else:
+            raise ValueError(f"unknown chat template '{opts.chat_template}'")
+        if opts.chat_template != TOKENIZER_DEFAULT:
+            tokenizer.chat_template = template  # saved with the tokenizer at the end of training
+        self._template = template
+        self._template_vars = dict(tokenizer.special_tokens_map)
+        self._compiled = None
+        self._compile()
+        if opts.eot_tokens is not None:
+            eot = list(opts.eot_tokens)
+        elif builtin is not None:
+            marker = builtin.eot if builtin.eot is not None else tokenizer.eos_token
+            eot = [marker] if marker else []
+        else:
+            eot = self._detect_eot()
+        if not eot and opts.train_on_eos != "none":
+            raise ValueError(
+                "could not find the end-of-turn marker of the chat template (in a probe render, no special "
+                "token follows the answer, or the answer is not rendered verbatim); set eot_tokens, or "
+                "train_on_eos: none"
+            )
+        self.eot_tokens = eot
+        longest_first = sorted(set(eot), key=len, reverse=True)
+        self._eot = re.compile(r"\s*(?:" + "|".join(map(re.escape, longest_first)) + ")") if eot else None
+
+    def _detect_eot(self) -> list[str]:
+        """The special token right after the answer (whitespace allowed) in a probe render."""
+        probe = [
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "content": "Four."},
+        ]
+        try:
+            full = self._render(probe)
+        except Exception as err:
+            raise ValueError(f"the chat template fails on a probe conversation: {err}") from None
+        span = self._locate_one(full, probe, 1)
+        if span is None:
+            return []
+        tokenizer = self._tokenizer
+        specials = {str(token) for token in tokenizer.all_special_tokens}
+        specials |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+        specials = {token for token in specials if token and not token.isspace()}
+        rest = full[span[1] :]
+        rest = rest[len(rest) - len(rest.lstrip()) :]
+        found = [token for token in specials if rest.startswith(token)]
+        return [max(found, key=len)] if found else []
+
+    # ---- rendering ------------------------------------------------------------------------------
+
+    def _compile(self) -> Any:
+        try:  # transformers' own compiled-template cache: the environment apply_chat_template uses
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+        except ImportError:  # pragma: no cover - a transformers without it: go through the tokenizer
+            self._compiled = False
+            return False
+        try:
+            self._compiled = _compile_jinja_template(self._template)
+        except Exception as err:
+            raise ValueError(f"the chat template does not compile: {err}") from None
+        return self._compiled
+
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        """Exactly `tokenizer.apply_chat_template(messages, tokenize=False)`, minus its overhead."""
+        compiled = self._compiled if self._compiled is not None else self._compile()
+        if compiled is False:  # pragma: no cover
+            return str(
+                self._tokenizer.apply_chat_template(messages, chat_template=self._template, tokenize=False)
+            )
+        return str(
+            compiled.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=False,
+                **self._template_vars,
+            )
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # a compiled Jinja template does not pickle; compiled again on use
+        return state
+
+    # ---- format ---------------------------------------------------------------------------------
+
+    def format(self, row: dict[str, Any]) -> list[Segment]:
+        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        if self._tokenizer is None:
+            raise RuntimeError("prepare(tokenizer) must be called before format()")
+        messages, trained, fields = self._messages(row)
+        located = list(range(len(messages))) if opts.train_on_eos == "all" else trained
+        try:
+            full = self._render(messages)
+        except Exception as err:
+            raise RowError(
+                f"the chat template fails on this conversation: {err}", field=opts.field_messages
+            ) from None
+        spans = self._locate(full, messages, located) if located else {}
+        for i in trained:
+            if i not in spans:
+                raise RowError(
+                    f"the chat template does not render message {fields[i] or i} verbatim (it changes "
+                    "or drops its content), so its tokens cannot be located for the loss",
+                    field=fields[i] or opts.field_messages,
+                )
+
+        train_spans = [spans[i] for i in trained]
+        eos_from: list[int]
+        if opts.train_on_eos == "turn":
+            eos_from = trained
+        elif opts.train_on_eos == "all":
+            eos_from = list(spans)
+        elif opts.train_on_eos == "last" and trained:
+            eos_from = [max(trained, key=lambda i: spans[i][0])]
+        else:
+            eos_from = []
+        if self._eot is not None:
+            for i in eos_from:
+                end = spans[i][1]
+                match = self._eot.match(full, end)
+                if match:
+                    train_spans.append((end, match.end()))
+        return _segments(full, _merge(train_spans))
+
+    def _messages(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int], list[str | None]]:
+        """Canonical messages, the indices of the trained ones, and each one's field name in the row
+        (None for an inserted system prompt)."""
+        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        name = opts.field_messages
+        raw = row.get(name)
+        if raw is None:
+            raise RowError(f"missing field '{name}'", field=name)
+        if not isinstance(raw, (list, tuple)):
+            raise RowError(f"field '{name}' must be a list of messages, got {type(raw).__name__}", field=name)
+        if not raw:
+            raise RowError(f"field '{name}' has no messages", field=name)
+        role_key, content_key = self._mapping["role"], self._mapping["content"]
+        extra = [(key, data_key) for key, data_key in self._mapping.items() if key not in ("role", "content")]
+        flag_key = opts.message_field_training
+        messages: list[dict[str, Any]] = []
+        trained: list[int] = []
+        fields: list[str | None] = []
+        for n, item in enumerate(raw):
+            where = f"{name}[{n}]"
+            if not isinstance(item, dict):
+                raise RowError(f"{where} must be an object, got {type(item).__name__}", field=where)
+            role = item.get(role_key)
+            if role is None:
+                raise RowError(f"{where} has no '{role_key}'", field=f"{where}.{role_key}")
+            if not isinstance(role, str):
+                raise RowError(
+                    f"{where}.{role_key} must be a string, got {type(role).__name__}",
+                    field=f"{where}.{role_key}",
+                )
+            content = item.get(content_key)
+            if content is None:
+                raise RowError(f"{where} has no '{content_key}'", field=f"{where}.{content_key}")
+            if not isinstance(content, str):
+                raise RowError(
+                    f"{where}.{content_key} must be a string, got {type(content).__name__}",
+                    field=f"{where}.{content_key}",
+                )
+            role = self._role_names.get(role, role)
+            train = role in self._train_roles
+            if flag_key is not None and (flag := item.get(flag_key)) is not None:
+                if not isinstance(flag, bool):
+                    raise RowError(
+                        f"{where}.{flag_key} must be true or false, got {flag!r}", field=f"{where}.{flag_key}"
+                    )
+                train = flag
+            message = {"role": role, "content": content}
+            for key, data_key in extra:
+                if (value := item.get(data_key)) is not None:
+                    message[key] = value
+            if train:
+                trained.append(len(messages))
+            messages.append(message)
+            fields.append(f"{where}.{content_key}")
+        if opts.system_prompt is not None and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": opts.system_prompt})
+            fields.insert(0, None)
+            trained = [i + 1 for i in trained]
+            if "system" in self._train_roles:
+                trained.insert(0, 0)
+        return messages, trained, fields
+
+    def _locate(
+        self, full: str, messages: list[dict[str, Any]], which: list[int]
+    ) -> dict[int, tuple[int, int]]:
+        """(start, end) in `full` of the content of each message in `which` that the template renders
+        verbatim (or stripped); the others are left out."""
+        spans = self._locate_all(full, messages, which)
+        if spans is not None:
+            return spans
+        spans = {}
+        for i in which:
+            span = self._locate_one(full, messages, i)
+            if span is not None:
+                spans[i] = span
+        return spans
+
+    def _locate_all(
+        self, full: str, messages: list[dict[str, Any]], which: list[int]
+    ) -> dict[int, tuple[int, int]] | None:
+        """One render with every content in `which` replaced by a numbered sentinel; the text between
+        the sentinels is the template's. None when `full` is not that text with the contents (or
+        their stripped forms) in place of the sentinels: the template depends on the contents."""
+        if "\ue000" in full or "\ue001" in full:
+            return None
+        probe = list(messages)
+        for i in which:
+            probe[i] = {**messages[i], "content": f"\ue000{i}\ue001"}
+        try:
+            pieces = _SENTINEL.split(self._render(probe))
+        except Exception:
+            return None
+        texts, order = pieces[0::2], [int(i) for i in pieces[1::2]]
+        if sorted(order) != sorted(which) or not full.startswith(texts[0]):
+            return None
+        spans: dict[int, tuple[int, int]] = {}
+        pos = len(texts[0])
+        for k, i in enumerate(order):
+            after, last = texts[k + 1], k == len(order) - 1
+            for content in _variants(messages[i]["content"]):
+                end = pos + len(content)
+                if full.startswith(content, pos) and (
+                    full[end:] == after if last else full.startswith(after, end)
+                ):
+                    spans[i] = (pos, end)
+                    pos = end + len(after)
+                    break
+            else:
+                return None
+        return spans
+
+    def _locate_one(self, full: str, messages: list[dict[str, Any]], i: int) -> tuple[int, int] | None:
+        """Render with only message i's content replaced by a sentinel that shares no character with
+        `full`: the content starts where the two renders part."""
+        sentinel = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in full)
+        probe = list(messages)
+        probe[i] = {**messages[i], "content": sentinel + "sentinel"}
+        try:
+            other = self._render(probe)
+        except Exception:
+            return None
+        start = _common_prefix(full, other)
+        for content in _variants(messages[i]["content"]):
+            if full.startswith(content, start):
+                return start, start + len(content)
+        return None
+
+
+class ShareGPTOptions(ChatTemplateOptions):
+    field_messages: str = Field("conversations", description="Row field holding the list of messages")
+    message_property_mappings: dict[str, str] = Field(
+        {"role": "from", "content": "value"},
+        description="Message key -> the key used in the data (role and content; other keys are passed "
+        "to the template as they are named here)",
+    )
+    roles: dict[str, list[str]] | None = Field(
+        {"system": ["system"], "user": ["human", "user"], "assistant": ["gpt", "assistant"]},
+        description="Role -> the names the data uses for it; names not listed are used as they are",
+    )
+
+
+class ShareGPT(ChatTemplate):
+    """ShareGPT rows ({"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]})
+    through the `chat_template` path."""
+
+    name = "sharegpt"
+    Options = ShareGPTOptions
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _variants(content: str) -> list[str]:
+    """The content as a template may render it: verbatim first, then trimmed."""
+    out = [content]
+    for variant in (content.strip(), content.lstrip(), content.rstrip()):
+        if variant not in out:
+            out.append(variant)
+    return out
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix (binary search on slices: C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint, non-empty spans covering the same characters as `spans`."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _segments(full: str, spans: list[tuple[int, int]]) -> list[Segment]:
+    """Segments covering `full` exactly: the (merged) `spans` trained, the rest not."""
+    segments: list[Segment] = []
+    cursor = 0
+    for start, end in spans:
+        if start > cursor:
+            segments.append(Segment(full[cursor:start], train=False))
+        segments.append(Segment(full[start:end], train=True))
+        cursor = end
+    if cursor < len(full):
+        segments.append(Segment(full[cursor:], train=False))
+    return segments
+
+
+def jinja_syntax_error(source: str) -> str | None:
+    """A message naming the line when `source` is not a valid chat template (jinja2 only: validate
+    time imports no transformers), else None."""
+    import jinja2
+    import jinja2.ext
+    import jinja2.sandbox
+
+    class Generation(jinja2.ext.Extension):  # transformers' {% generation %} block, parsed only
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
+    )
+    try:
+        env.from_string(source)
+    except jinja2.TemplateSyntaxError as err:
+        lines = source.splitlines()
+        text = lines[err.lineno - 1].strip() if 0 < err.lineno <= len(lines) else ""
+        return f"Jinja syntax error on line {err.lineno} of the template: {err.message}" + (
+            f" (in: {text[:120]})" if text else ""
+        )
+    return None
+
+
+def _local_tokenizer_without_template(where: str) -> bool:
+    """True when `where` is a local tokenizer directory that certainly has no chat template."""
+    config_file = os.path.join(where, "tokenizer_config.json")
+    if not os.path.isfile(config_file):
+        return False
+    if any(
+        os.path.exists(os.path.join(where, name))
+        for name in ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+    ):
+        return False
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            return not json.load(handle).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return False
