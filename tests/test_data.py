@@ -448,3 +448,20 @@ def test_prepared_dataset_cache(resolve, tokenizer: Any, forty_rows: Path, tmp_p
         [Path(cache_dir).name, Path(used3).name]
     )
     assert len(train3) == 41 - math.ceil(41 * 0.25)
+
+
+def test_sentencepiece_style_tokenizer_tokenizes_the_whole_text() -> None:
+    """A tokenizer that puts a prefix space before every call's text would add a stray '▁' token
+    at each segment boundary; the encoder tokenizes the whole row instead and keeps the mask."""
+    from tests.test_chat_template import sentencepiece_like
+
+    tok = sentencepiece_like(special=False)
+    fmt = formatter("prompt_completion")
+    encoder = SegmentEncoder(tok, 1024)
+    assert encoder.whole_text
+    enc = encoder.encode(fmt, fmt.format({"prompt": "Capital? ", "completion": "Paris."}))
+    assert enc.input_ids == [*tok("Capital? Paris.", add_special_tokens=False).input_ids, tok.eos_token_id]
+    pairs = zip(enc.input_ids, enc.labels, strict=True)
+    assert [tok.convert_ids_to_tokens(t) for t, label in pairs if label != IGNORE] == ["▁Paris", ".", "</s>"]
+    cut = [tok(text, add_special_tokens=False).input_ids for text in ("Capital? ", "Paris.")]
+    assert cut[0] + cut[1] != enc.input_ids[:-1]  # what per-segment tokenization would have given
