@@ -15,7 +15,13 @@ Usage::
 
     python scripts/make_toy_data.py --out data/toy [--seed 0] [--n-train 4000] [--n-eval 200]
 
-writes ``train.jsonl`` and ``eval.jsonl``; no eval word occurs in train.
+writes ``train.jsonl`` and ``eval.jsonl``; no eval word occurs in train. The same records also
+go to ``chat_train.jsonl`` / ``chat_eval.jsonl`` as two-exchange conversations for the chat
+formatters::
+
+    {"messages": [{"role": "system", "content": "Reverse each word."},
+                  {"role": "user", "content": "plane"}, {"role": "assistant", "content": "enalp"},
+                  {"role": "user", "content": "word"}, {"role": "assistant", "content": "drow"}]}
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import random
 import string
 import sys
 from pathlib import Path
+from typing import Any
 
 PROMPT_TEMPLATE = "Reverse the word: {word}\nAnswer: "
 MIN_LEN = 3
@@ -65,7 +72,25 @@ def make_splits(
     return [make_record(w) for w in train_words], [make_record(w) for w in eval_words]
 
 
-def write_jsonl(path: Path, records: list[dict[str, str]]) -> None:
+SYSTEM = "Reverse each word."
+
+
+def as_conversations(records: list[dict[str, str]]) -> list[dict[str, list[dict[str, str]]]]:
+    """Pair consecutive records into conversations: system, then two user/assistant exchanges."""
+    conversations = []
+    for first, second in zip(records[::2], records[1::2], strict=False):
+        messages = [{"role": "system", "content": SYSTEM}]
+        for record in (first, second):
+            word = record["generation"][::-1]
+            messages += [
+                {"role": "user", "content": word},
+                {"role": "assistant", "content": record["generation"]},
+            ]
+        conversations.append({"messages": messages})
+    return conversations
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Write ``records`` as JSON lines (UTF-8, ``\\n`` line endings)."""
     with path.open("w", encoding="utf-8", newline="\n") as f:
         for rec in records:
@@ -86,6 +111,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)
+    write_jsonl(out / "chat_train.jsonl", as_conversations(train))
+    write_jsonl(out / "chat_eval.jsonl", as_conversations(evals))
     print(f"wrote {len(train)} train and {len(evals)} eval records to {out}")
     return out
 
