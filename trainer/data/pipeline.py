@@ -251,11 +251,19 @@ def load_cache(cache_dir: str) -> tuple[Any, Any, DataReport]:
 
 def _write_cache(cache_dir: str, train: Any, evals: Any, report: DataReport) -> None:
     """Write to a temporary directory, then rename: a half-written cache is never used."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
     tmp = f"{cache_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    train.save_to_disk(os.path.join(tmp, "train"))
-    if evals is not None:
-        evals.save_to_disk(os.path.join(tmp, "eval"))
+    bars = is_progress_bar_enabled()
+    disable_progress_bar()  # one line in the report says where it went
+    try:
+        train.save_to_disk(os.path.join(tmp, "train"))
+        if evals is not None:
+            evals.save_to_disk(os.path.join(tmp, "eval"))
+    finally:
+        if bars:
+            enable_progress_bar()
     with open(os.path.join(tmp, REPORT_NAME), "w", encoding="utf-8") as handle:
         handle.write(report.to_json())
     try:

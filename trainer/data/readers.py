@@ -172,7 +172,7 @@ def _csv(path: str) -> Iterator[Row]:
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
-            reader.fieldnames  # reads the header line
+            _ = reader.fieldnames  # reads the header line
             while True:
                 first_line = reader.line_num + 1  # a quoted field may span several lines
                 row = next(reader, None)
