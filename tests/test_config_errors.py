@@ -98,7 +98,8 @@ def test_many_errors_at_once_sorted_by_line(write_config, base: dict[str, Path])
     )
     assert errors_of(cli("validate", cfg)) == [
         f"{cfg}:4  datasets[0].type: unknown formatter 'prompt_completon' (did you mean "
-        "'prompt_completion'?); known: alpaca, completion, prompt_completion",
+        "'prompt_completion'?); known: alpaca, chat_template, completion, input_output, pretokenized, "
+        "prompt_completion, sharegpt",
         f"{cfg}:6  learning_rat: unknown key 'learning_rat' (did you mean 'learning_rate'?)",
         f"{cfg}:7  micro_batch_size: input should be a valid integer, unable to parse string as an "
         "integer (got 'two')",
@@ -195,7 +196,7 @@ def test_trainer_args_checked_against_sft_config(write_config, base: dict[str, P
             type: prompt_completion
         output_dir: {base["out"]}
         trainer_args:
-          dataset_num_proc: 1
+          dataloader_num_workers: 1
           learning_rate: 1e-3
           neftune_noise_alphaa: 5
           per_device_train_batch_size: 4
@@ -227,7 +228,7 @@ def test_cross_key_rules_and_missing_file(write_config, base: dict[str, Path]) -
     assert errors_of(cli("validate", cfg)) == [
         f"{cfg}:3  datasets[0].path: dataset '{base['data'].parent / 'nope.jsonl'}' does not exist",
         f"{cfg}:6  warmup_steps: set warmup_ratio or warmup_steps, not both",
-        f"{cfg}:7  eval_strategy: 'steps' needs held-out data: set val_set_size",
+        f"{cfg}:7  eval_strategy: 'steps' needs held-out data: set val_set_size or test_datasets",
     ]
 
 

@@ -22,7 +22,7 @@ class Encoded:
     labels: list[int]
 
     def trainable(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
 
 
 class SegmentEncoder:
