@@ -81,7 +81,7 @@ def sgd_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> d
     config: dict[str, Any] = {
         "base_model": str(model),
         "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
-        "sequence_len": 48,
+        "sequence_len": 64,  # every row whole: none dropped as too long
         "micro_batch_size": 2,
         "max_steps": STEPS,
         "optimizer": "sgd",

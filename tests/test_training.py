@@ -410,7 +410,9 @@ def test_api_refuses_non_empty_output_dir(tiny_model, toy_data, tmp_path):
 
 
 def test_max_train_samples_is_honoured(tiny_model, toy_data, tmp_path):
-    config = base_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_train_samples=24)
+    config = base_config(
+        tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_train_samples=24, shuffle=False
+    )
     config.pop("max_steps")
     built = run_api(tmp_path, config)
     assert len(built.train_dataset) == 24

@@ -61,7 +61,7 @@ def test_validate_imports_no_torch_unless_trainer_args(
         output_dir: {tmp_path / "out"}
         """
     plain = write_config(common, name="plain.yml")
-    with_args = write_config(common + "trainer_args: {dataset_num_proc: 1}\n", name="args.yml")
+    with_args = write_config(common + "trainer_args: {dataloader_num_workers: 1}\n", name="args.yml")
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(plain), str(with_args)],
         cwd=REPO,

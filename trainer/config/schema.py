@@ -106,7 +106,9 @@ class TrainConfig(Strict):
     filters: Filters = Field(
         default_factory=lambda: Filters.model_validate({}), description="Row filters (dedupe, regex, length)"
     )
-    max_train_samples: int | None = Field(None, gt=0, description="Use only the first N train rows")
+    max_train_samples: int | None = Field(
+        None, gt=0, description="Use only the first N training rows (after shuffling, when shuffle is on)"
+    )
     max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N eval rows")
     # batch and schedule
     micro_batch_size: int = Field(1, gt=0, description="Examples per device per forward pass")
