@@ -294,3 +294,19 @@ def test_fingerprint_follows_exactly_what_changes_the_data(
     other.pad_token = other.eos_token
     other.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
     assert fingerprint(config(base), other) != reference
+
+
+def test_a_formatter_that_raises_gives_a_located_bad_row(config, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A formatter that does not check its input (as a third-party one may not) still names the row."""
+    data = jsonl(tmp_path / "rows.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q"}])
+    resolved = config(f"datasets:\n  - path: {data}\n    type: prompt_completion\n")
+    plugin = resolved.formatters[0].plugin
+
+    def careless(row: dict[str, Any]) -> Any:
+        from trainer.api import Segment
+
+        return [Segment(row["prompt"]), Segment(row["completion"], train=True)]
+
+    plugin.format = careless  # type: ignore[method-assign]
+    with pytest.raises(DataError, match=r"rows.jsonl:2  formatter 'prompt_completion' failed: KeyError"):
+        build_datasets(resolved, tokenizer)

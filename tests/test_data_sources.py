@@ -395,3 +395,17 @@ def test_csv_multiline_record_is_named_by_its_last_line(resolve, tokenizer: Any,
         prepare(resolve([path]), tokenizer)
     assert caught.value.where == f"{path}:6"
     assert os.path.isfile(caught.value.where.rsplit(":", 1)[0])
+
+
+def test_a_file_that_is_not_utf8_is_a_data_error(resolve, tokenizer: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for name in ("latin1.csv", "latin1.json"):
+        path = tmp_path / name
+        text = (
+            "prompt,generation\ncafé,x\n"
+            if name.endswith(".csv")
+            else '[{"prompt": "café", "generation": "x"}]'
+        )
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(DataError) as caught:
+            prepare(resolve([path]), tokenizer)
+        assert caught.value.where == str(path) and caught.value.message.startswith("cannot read")

@@ -64,6 +64,13 @@ class RowProcessor:
             except RowError as err:
                 outcomes.append(Outcome(where, [], "bad", str(err)))
                 continue
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+                # a formatter that does not check its input (third-party): still a located bad row
+                name = self.formatter.name
+                outcomes.append(
+                    Outcome(where, [], "bad", f"formatter '{name}' failed: {type(err).__name__}: {err}")
+                )
+                continue
             if not any(seg.text or seg.ids for seg in segments):
                 outcomes.append(Outcome(where, [], "empty", "no text"))
                 continue

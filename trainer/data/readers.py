@@ -120,19 +120,16 @@ def _is_saved_dataset(path: str) -> bool:
 
 
 def read_file(path: str) -> Iterator[Row]:
-    """Rows of one local file, by suffix."""
-    if path.endswith((".jsonl", ".jsonl.gz")):
-        yield from _jsonl(path)
-    elif path.endswith(".json"):
-        yield from _json(path)
-    elif path.endswith(".csv"):
-        yield from _csv(path)
-    elif path.endswith(".parquet"):
-        yield from _parquet(path)
-    elif path.endswith(".arrow"):
-        yield from _arrow(path)
-    else:
+    """Rows of one local file, by suffix; a file that cannot be read is a DataError naming it."""
+    readers = {".jsonl": _jsonl, ".jsonl.gz": _jsonl, ".json": _json, ".csv": _csv}
+    readers |= {".parquet": _parquet, ".arrow": _arrow}
+    suffix = next((s for s in readers if path.endswith(s)), None)
+    if suffix is None:
         raise DataError(path, f"unknown file type; expected one of {', '.join(FILE_SUFFIXES)}")
+    try:
+        yield from readers[suffix](path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read: {err}") from None
 
 
 def _jsonl(path: str) -> Iterator[Row]:
