@@ -13,20 +13,40 @@ from trainer.config.validate import Resolved, load_config
 def summary(resolved: Resolved) -> list[str]:
     """A short description of the resolved run: plugins with their options and distribution."""
     c = resolved.config
-    lines = [f"config {resolved.source.file}: OK", f"  base_model  {c.base_model}"]
+    width = max(12, *(len(dotted(chosen.path)) + 1 for chosen in resolved.plugins()))
+
+    def row(label: str, text: str) -> str:
+        return f"  {label:<{width}}{text}"
+
+    lines = [f"config {resolved.source.file}: OK", row("base_model", c.base_model)]
     for chosen in resolved.plugins():
         opts = chosen.plugin.options.model_dump(mode="json")
         shown = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "(no options)"
-        where = dotted(chosen.path)
+        entry = chosen.entry
         lines.append(
-            f"  {where:<12} {chosen.entry.name} [{chosen.entry.distribution} {chosen.entry.version}]  {shown}"
+            row(dotted(chosen.path), f"{entry.name} [{entry.distribution} {entry.version}]  {shown}")
         )
-    world = resolved.distributed.plugin.world_size()  # type: ignore[attr-defined]
-    lines.append(
-        f"  batch       micro {c.micro_batch_size} x accumulation {c.gradient_accumulation_steps}"
-        f" x processes {world} = {c.micro_batch_size * c.gradient_accumulation_steps * world} rows per step"
+    held_out = (
+        f"{len(c.test_datasets)} test dataset(s)" if c.test_datasets else f"val_set_size {c.val_set_size:g}"
     )
-    lines.append(f"  output_dir  {c.output_dir}")
+    shuffle = "on" if c.shuffle else "off"
+    lines.append(
+        row(
+            "data",
+            f"sequence_len {c.sequence_len}, too_long {c.too_long}, {held_out}, shuffle {shuffle}, "
+            f"prepared in {c.dataset_prepared_path or '(not kept)'}",
+        )
+    )
+    world = resolved.distributed.plugin.world_size()  # type: ignore[attr-defined]
+    per_step = c.micro_batch_size * c.gradient_accumulation_steps * world
+    lines.append(
+        row(
+            "batch",
+            f"micro {c.micro_batch_size} x accumulation {c.gradient_accumulation_steps} x processes {world}"
+            f" = {per_step} rows per step",
+        )
+    )
+    lines.append(row("output_dir", c.output_dir))
     return lines
 
 
