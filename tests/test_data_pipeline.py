@@ -310,3 +310,26 @@ def test_a_formatter_that_raises_gives_a_located_bad_row(config, tokenizer: Any,
     plugin.format = careless  # type: ignore[method-assign]
     with pytest.raises(DataError, match=r"rows.jsonl:2  formatter 'prompt_completion' failed: KeyError"):
         build_datasets(resolved, tokenizer)
+
+
+def test_two_datasets_cannot_save_two_chat_templates(config, tiny_model: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # its own: preparing sets its template
+    data = jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]}],
+    )
+    body = f"""
+        datasets:
+          - path: {data}
+            type: chat_template
+            chat_template: chatml
+          - path: {data}
+            type: chat_template
+            chat_template: llama3
+    """
+    with pytest.raises(DataError, match=r"datasets\[1\] sets a different chat template than datasets\[0\]"):
+        build_datasets(config(body), tokenizer)
+    same = body.replace("llama3", "chatml")
+    assert len(build_datasets(config(same), tokenizer).train) == 2
