@@ -20,6 +20,8 @@ BUILTIN_PLUGINS = {
     "trainer.adapters": [
         "full = plugins.adapters.full:Full",
         "lora = plugins.adapters.lora:Lora",
+        "qlora = plugins.adapters.qlora:QLora",
+        "galore = plugins.adapters.galore:GaLore",
     ],
     "trainer.attention": [
         "eager = plugins.attention.kernels:Eager",
