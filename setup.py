@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = {
 
 EXTRAS = {
     "qlora": ["bitsandbytes>=0.45"],
+    "bnb": ["bitsandbytes>=0.45"],  # 8-bit and paged optimizers
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],

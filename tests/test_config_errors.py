@@ -122,7 +122,8 @@ def test_unknown_adapter_and_missing_required_key(write_config, base: dict[str, 
     )
     assert errors_of(cli("validate", cfg)) == [
         f"{cfg}:1  output_dir: required key is missing",  # a missing key points at the file's start
-        f"{cfg}:5  adapter.type: unknown adapter 'lorra' (did you mean 'lora'?); known: full, lora",
+        f"{cfg}:5  adapter.type: unknown adapter 'lorra' (did you mean 'lora'?); "
+        "known: full, galore, lora, qlora",
         f"{cfg}:6  adapter_extra: unknown key 'adapter_extra' (did you mean 'adapter'?)",
     ]
 

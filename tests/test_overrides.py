@@ -181,7 +181,7 @@ def test_overrides_are_validated_like_file_values(config: Path) -> None:
     assert sorted(rendered) == sorted(
         [
             "override 'adapter.type=lorra'  adapter.type: unknown adapter 'lorra' (did you mean 'lora'?); "
-            "known: full, lora",
+            "known: full, galore, lora, qlora",
             "override 'learning_rat=1'  learning_rat: unknown key 'learning_rat' "
             "(did you mean 'learning_rate'?)",
             "override 'micro_batch_size=0'  micro_batch_size: input should be greater than 0 (got 0)",

@@ -178,7 +178,7 @@ def test_resolved_config_round_trips_and_reruns(full_run, tmp_path):
     resolved_file = out / "config.resolved.yml"
     written = yaml.safe_load(resolved_file.read_text())
     assert written["overwrite_output_dir"] is False
-    assert written["adapter"] == {"type": "full"}
+    assert written["adapter"] == {"type": "full", "unfrozen_parameters": None}
     assert written["datasets"][0]["completion_field"] == "generation"
 
     resolved = load_config(str(resolved_file))

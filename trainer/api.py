@@ -137,6 +137,11 @@ class Adapter(Plugin):
         """Adjust the loaded model before it reaches SFTTrainer (default: unchanged)."""
         return model
 
+    def create_optimizer(self, model: Any, args: Any) -> Any | None:
+        """An optimizer for the model as SFTTrainer wrapped it (PEFT applied), or None for the one
+        `optimizer:` names. LoRA+ uses this for its per-matrix learning rates."""
+        return None
+
 
 class Attention(Plugin):
     """Chooses the attention kernel (usually a model-load kwarg)."""

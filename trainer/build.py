@@ -113,6 +113,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "packing": False,
         "trust_remote_code": config.trust_remote_code,
     }
+    if config.neftune_noise_alpha is not None:
+        args["neftune_noise_alpha"] = config.neftune_noise_alpha
     if not _has_accelerator():
         # Tell accelerate this is a CPU run. Without it, under torchrun on CPU accelerate starts a
         # gloo process group but treats the run as not distributed: no DDP wrapper, no gradient
@@ -158,21 +160,48 @@ def sft_config(config: TrainConfig, merged: Merged) -> Any:
 
 
 def load_tokenizer(config: TrainConfig) -> Any:
+    """The run's tokenizer, with the config's `special_tokens` and `tokens` added."""
+    return load_tokenizer_and_new_ids(config)[0]
+
+
+def load_tokenizer_and_new_ids(config: TrainConfig) -> tuple[Any, list[int]]:
+    """The run's tokenizer and the ids of the tokens the config added to it (`special_tokens`,
+    then `tokens`; ones the vocabulary already has are not new). Adapters use the ids to train those
+    embedding rows."""
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
         config.tokenizer or config.base_model, trust_remote_code=config.trust_remote_code
     )
+    before = len(tokenizer)
+
+    def added(token: str, special: bool) -> AddedToken:
+        return AddedToken(token, rstrip=False, lstrip=False, normalized=False, special=special)
+
+    specials = config.special_tokens.model_dump(exclude_none=True) if config.special_tokens else {}
+    if specials:
+        tokenizer.add_special_tokens({key: added(value, True) for key, value in specials.items()})
+    if config.tokens:
+        tokenizer.add_tokens([added(token, False) for token in config.tokens])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels are explicit, so EOS stays trained
-    return tokenizer
+    wanted = [*specials.values(), *(config.tokens or [])]
+    ids: list[int] = tokenizer.convert_tokens_to_ids(wanted)  # type: ignore[assignment]
+    new_ids = sorted({i for i in ids if i >= before})
+    return tokenizer, new_ids
 
 
-def load_model(config: TrainConfig, merged: Merged, adapter: Adapter) -> Any:
+def load_model(config: TrainConfig, merged: Merged, adapter: Adapter, tokenizer: Any = None) -> Any:
+    """The base model with the plugins' load kwargs; its embeddings grown to the tokenizer when tokens
+    were added (new rows mean-initialised, transformers' default), then the adapter's preparation."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": "auto", "trust_remote_code": config.trust_remote_code, **merged.model_kwargs}
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
+    if tokenizer is not None and len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer))
     return adapter.prepare_model(model, config)
 
 
@@ -207,7 +236,8 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
     tokenizer = load_tokenizer(config)
     with PartialState().main_process_first():
         data = build_datasets(resolved, tokenizer)
-    model = load_model(config, merged, resolved.adapter.plugin)  # type: ignore[arg-type]
+    adapter: Adapter = resolved.adapter.plugin  # type: ignore[assignment]
+    model = load_model(config, merged, adapter, tokenizer)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -218,4 +248,9 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         callbacks=merged.callbacks or None,
         data_collator=merged.data_collator,
     )
+    # An adapter may build the optimizer itself (LoRA+ learning-rate groups), from the model as
+    # SFTTrainer wrapped it; Trainer.create_optimizer keeps an optimizer that is already set.
+    optimizer = adapter.create_optimizer(trainer.model, args)
+    if optimizer is not None:
+        trainer.optimizer = optimizer
     return Built(trainer, tokenizer, data.train, data.eval, data.report, data.cache_dir, args)

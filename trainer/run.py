@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from trainer.build import Built, build_trainer, plan
+from trainer.config.errors import ConfigErrors
 from trainer.config.validate import Resolved
 from trainer.outputs import check_output_dir, clear_previous_run, save_final, write_resolved
 
@@ -23,9 +24,22 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
+def check_machine(resolved: Resolved) -> None:
+    """Raise ConfigErrors (with file:line) for settings this machine cannot run: bf16/fp16/tf32 and
+    CUDA-only optimizers (see trainer.precision)."""
+    from trainer.precision import check_start
+
+    problems = check_start(resolved.config)
+    for problem in problems:
+        problem.where = problem.where or resolved.source.where(problem.path)
+    if problems:
+        raise ConfigErrors(problems)
+
+
 def relaunch(resolved: Resolved, argv: list[str]) -> int:
     """Start the configured number of processes with torchrun, running the same command."""
     config = resolved.config
+    check_machine(resolved)  # once, here, rather than once per process
     # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
     # be output_dir/config.resolved.yml, which the processes still have to read. The main process
     # clears it once every process has read its config (_prepare_output_dir).
@@ -55,6 +69,7 @@ def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
 def train(resolved: Resolved, log: Any = print) -> Built:
     """Run training for a resolved config and save the outputs; returns the built run."""
     config = resolved.config
+    check_machine(resolved)  # precision flags and device-bound optimizers, before building anything
     merged, args = plan(resolved)  # fails fast on bad trainer_args or conflicting plugins
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process

@@ -5,44 +5,227 @@ adapter:
   r: 16
   alpha: 32
   dropout: 0.05
-  target_modules: all-linear      # or a list like [q_proj, v_proj]
+  target_modules: all-linear      # or a list like [q_proj, v_proj], or a regex string
+  use_dora: false
+  use_rslora: false
+  init: default                   # gaussian, pissa, olora
+  loraplus_lr_ratio: 16           # LoRA+: B matrices train at learning_rate * 16
+  layers_to_transform: [0, 1]
+  load_in_8bit: false             # bitsandbytes 8-bit base
+
+Tokens added by the config's `tokens` / `special_tokens` train automatically: the input and output
+embeddings join `modules_to_save` (trained in full, saved with the adapter; tied ones stay tied).
+Reload with the saved tokenizer: `base.resize_token_embeddings(len(tokenizer))`, then
+`PeftModel.from_pretrained(base, output_dir)`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import Field
 
 from trainer.api import Adapter, Contribution, Options
 from trainer.config.schema import TrainConfig
 
+ALL_LINEAR = "all-linear"
+
+# init -> LoraConfig.init_lora_weights
+INIT_WEIGHTS: dict[str, Any] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+# Inits that rewrite the targeted base weights into a residual: the final adapter is converted back
+# to a plain LoRA (rank 2r) so that it loads on the original base.
+MUTATING_INITS = ("pissa", "olora")
+
 
 class LoraOptions(Options):
     r: int = Field(16, gt=0, description="Rank of the update matrices")
-    alpha: float = Field(32, gt=0, description="Scaling numerator (scale = alpha / r)")
+    alpha: float = Field(32, gt=0, description="Scaling numerator (scale = alpha / r, or alpha / sqrt(r))")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input")
-    target_modules: Literal["all-linear"] | list[str] = Field(
-        "all-linear", description="'all-linear' or module names such as [q_proj, v_proj]"
+    target_modules: list[str] | str = Field(
+        ALL_LINEAR,
+        description="'all-linear', module names such as [q_proj, v_proj], or one regex string matched "
+        "against the full module name (PEFT's rule), e.g. '.*\\.(q_proj|v_proj)'",
     )
-    bias: Literal["none", "all", "lora_only"] = "none"
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train")
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full and saved with the adapter, e.g. [lm_head]"
+    )
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (a trained magnitude vector)")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r")
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = Field(
+        "default",
+        description="Adapter init: default (B = 0), gaussian, pissa or olora (start from the weights' "
+        "principal / orthonormal directions; the output is converted to a plain LoRA of rank 2r). "
+        "loftq is refused: its quantized residual base cannot be saved yet",
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: the B matrices train at learning_rate * this ratio (e.g. 16)"
+    )
+    layers_to_transform: list[int] | None = Field(
+        None, description="Only these layer indices get adapters (not with a regex target_modules)"
+    )
+    load_in_8bit: bool = Field(
+        False, description="Load the base model in 8 bits with bitsandbytes (kbit-training prepared)"
+    )
+
+
+def _is_regex(target: list[str] | str) -> bool:
+    return isinstance(target, str) and target != ALL_LINEAR
 
 
 class Lora(Adapter):
     name = "lora"
     Options = LoraOptions
 
+    def __init__(self, options: Options | None = None):
+        super().__init__(options)
+        self._peft_config: Any = None
+        self._new_ids: list[int] = []
+
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        import importlib.util
+
+        opts: LoraOptions = self.options  # type: ignore[assignment]
+        problems: list[str | tuple[str, str]] = []
+        if _is_regex(opts.target_modules):
+            try:
+                re.compile(opts.target_modules)  # type: ignore[arg-type]
+            except re.error as err:
+                problems.append(("target_modules", f"not a valid regular expression: {err}"))
+            if opts.layers_to_transform is not None:
+                problems.append(
+                    ("layers_to_transform", "cannot be used with a regex target_modules (PEFT's rule)")
+                )
+        elif isinstance(opts.target_modules, list) and not opts.target_modules:
+            problems.append(("target_modules", "must name at least one module"))
+        if opts.layers_to_transform is not None and any(i < 0 for i in opts.layers_to_transform):
+            problems.append(("layers_to_transform", "layer indices must be >= 0"))
+        if opts.init == "loftq":
+            problems.append(
+                (
+                    "init",
+                    "loftq rewrites the base weights into a quantized residual that its adapter needs, and "
+                    "trainer cannot save that base yet, so the output would not load on base_model; use "
+                    "pissa or olora (converted to a plain LoRA on save) or default",
+                )
+            )
+        if opts.init in MUTATING_INITS and opts.load_in_8bit:
+            problems.append(("init", f"{opts.init} needs full-precision base weights, not load_in_8bit"))
+        if opts.init in MUTATING_INITS and opts.use_dora:
+            problems.append(("init", f"{opts.init} cannot be converted back to a plain LoRA with use_dora"))
+        if opts.load_in_8bit and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(
+                ("load_in_8bit", "needs the 'bitsandbytes' package: pip install 'trainer[qlora]'")
+            )
+        if opts.loraplus_lr_ratio is not None and opts.loraplus_lr_ratio < 1:
+            problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
+        return problems
+
     def contribute(self, config: TrainConfig) -> Contribution:
         from peft import LoraConfig
 
         opts: LoraOptions = self.options  # type: ignore[assignment]
         target = opts.target_modules if isinstance(opts.target_modules, str) else list(opts.target_modules)
+        self._new_ids = self.new_token_ids(config)
         peft_config = LoraConfig(
             r=opts.r,
             lora_alpha=opts.alpha,  # type: ignore[arg-type]
             lora_dropout=opts.dropout,
             target_modules=target,
             bias=opts.bias,
+            modules_to_save=list(opts.modules_to_save) if opts.modules_to_save else None,
+            use_dora=opts.use_dora,
+            use_rslora=opts.use_rslora,
+            init_lora_weights=INIT_WEIGHTS.get(opts.init, True),
+            layers_to_transform=list(opts.layers_to_transform) if opts.layers_to_transform else None,
             task_type="CAUSAL_LM",
         )
-        return Contribution(peft_config=peft_config)
+        self._peft_config = peft_config
+        contribution = Contribution(peft_config=peft_config)
+        if opts.load_in_8bit:
+            from transformers import BitsAndBytesConfig
+
+            contribution.model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if opts.init in MUTATING_INITS:
+            contribution.callbacks.append(_convert_to_plain_lora_callback())
+        return contribution
+
+    def new_token_ids(self, config: TrainConfig) -> list[int]:
+        """Ids of the tokens the config's `tokens` / `special_tokens` add to the tokenizer."""
+        if not config.tokens and not config.special_tokens:
+            return []
+        from trainer.build import load_tokenizer_and_new_ids
+
+        return load_tokenizer_and_new_ids(config)[1]
+
+    def prepare_model(self, model: Any, config: TrainConfig) -> Any:
+        opts: LoraOptions = self.options  # type: ignore[assignment]
+        if opts.load_in_8bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=config.gradient_checkpointing
+            )
+        peft_config = self._peft_config
+        if self._new_ids and peft_config is not None:
+            # Tokens the config added: the input and output embeddings train in full and are saved
+            # with the adapter (tied ones stay tied). Not PEFT's trainable_token_indices: TRL's fused
+            # LM head reads lm_head.weight directly, which bypasses PEFT's TrainableTokensWrapper.
+            inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+            names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+            wanted = [names[inputs]] + ([names[outputs]] if outputs is not None else [])
+            peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *wanted})
+            if outputs is not None and outputs.weight is inputs.weight:
+                peft_config.ensure_weight_tying = True
+        return model
+
+    def create_optimizer(self, model: Any, args: Any) -> Any:
+        """LoRA+ (when `loraplus_lr_ratio` is set): the configured optimizer with the B matrices at
+        learning_rate * ratio. None = the trainer's usual optimizer."""
+        opts: LoraOptions = self.options  # type: ignore[assignment]
+        if opts.loraplus_lr_ratio is None:
+            return None
+        from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer
+
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        kwargs = dict(kwargs)
+        lr = kwargs.pop("lr", args.learning_rate)
+        return create_loraplus_optimizer(
+            model,
+            optimizer_cls,
+            lr=lr,
+            loraplus_lr_ratio=opts.loraplus_lr_ratio,
+            loraplus_weight_decay=args.weight_decay,
+            **kwargs,
+        )
+
+
+def _convert_to_plain_lora_callback() -> Any:
+    """A callback that saves the freshly initialised PiSSA/OLoRA adapter, and makes the final save
+    convert the trained adapter into a plain LoRA (rank 2r) that loads on the original base."""
+    import functools
+    import shutil
+    import tempfile
+    import weakref
+
+    from transformers import TrainerCallback
+
+    class ConvertToPlainLora(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.initial: str | None = None
+
+        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            folder = tempfile.mkdtemp(prefix="lora-init-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self.initial = f"{folder}/initial"
+            model.save_pretrained(self.initial)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            # Checkpoints stay unconverted (resuming needs them as trained); the final save converts.
+            model.save_pretrained = functools.partial(
+                type(model).save_pretrained, model, path_initial_model_for_weight_conversion=self.initial
+            )
+
+    return ConvertToPlainLora()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from trainer.cli.common import config_parser, run
 from trainer.config.errors import dotted
 from trainer.config.validate import Resolved, load_config
+from trainer.memory import Unavailable, estimate
 
 
 def summary(resolved: Resolved) -> list[str]:
@@ -47,7 +48,19 @@ def summary(resolved: Resolved) -> list[str]:
         )
     )
     lines.append(row("output_dir", c.output_dir))
+    lines.extend(memory_lines(resolved))
     return lines
+
+
+def memory_lines(resolved: Resolved) -> list[str]:
+    """The memory-per-device estimate (trainer.memory), or why there is none."""
+    try:
+        found = estimate(resolved)
+    except Unavailable as err:
+        return [f"memory estimate: unavailable ({err})"]
+    except (OSError, ValueError) as err:  # an unreadable or malformed checkpoint header
+        return [f"memory estimate: unavailable ({type(err).__name__}: {err})"]
+    return [f"memory per device (estimate): {found.render()}", f"  ({'; '.join(found.notes)})"]
 
 
 def main(argv: list[str] | None = None) -> int:

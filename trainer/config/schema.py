@@ -72,6 +72,18 @@ class Filters(Strict):
     max_length: int | None = Field(None, gt=0, description="Drop rows longer than this many tokens")
 
 
+class SpecialTokens(Strict):
+    """Special tokens to set (added to the vocabulary when new), Axolotl's `special_tokens`."""
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    unk_token: str | None = None
+    pad_token: str | None = None
+    sep_token: str | None = None
+    cls_token: str | None = None
+    mask_token: str | None = None
+
+
 class TrainConfig(Strict):
     """The whole config file."""
 
@@ -79,6 +91,16 @@ class TrainConfig(Strict):
     base_model: str = Field(description="Local directory or hub id of the model to fine-tune")
     tokenizer: str | None = Field(None, description="Tokenizer location (default: base_model)")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint")
+    special_tokens: SpecialTokens | None = Field(
+        None,
+        description="Set the tokenizer's special tokens, e.g. {pad_token: '<pad>'}; a token not in the "
+        "vocabulary is added, the embeddings grow and its rows train (under LoRA too)",
+    )
+    tokens: list[str] | None = Field(
+        None,
+        description="New tokens to add to the tokenizer (each kept whole); the embeddings grow and the "
+        "new rows train (under LoRA too)",
+    )
     # data
     datasets: list[DatasetSpec] = Field(
         min_length=1, description="Training data: concatenated, or mixed when a dataset sets weight"
@@ -129,6 +151,9 @@ class TrainConfig(Strict):
     fp16: bool = False
     tf32: bool = False
     gradient_checkpointing: bool = False
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: uniform noise of this scale on the input embeddings in training"
+    )
     # logging, evaluation, saving
     logging_steps: float = Field(10, gt=0, description="Steps between logs; 0 < x < 1 = ratio")
     eval_strategy: Strategy | None = Field(

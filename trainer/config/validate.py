@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from trainer.api import Plugin
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.overrides import apply_overrides
-from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, Filters, TrainConfig
+from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, Filters, SpecialTokens, TrainConfig
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
 from trainer.registry import Entry, PluginError, Registry, default_registry
 
@@ -42,7 +43,54 @@ OWNED_BY_TOP_LEVEL = {
     "metric_for_best_model": "metric_for_best_model", "max_length": "sequence_len",
     "resume_from_checkpoint": "resume_from_checkpoint", "trust_remote_code": "trust_remote_code",
     "dataset_num_proc": "dataset_num_proc", "shuffle_dataset": "shuffle",
+    "neftune_noise_alpha": "neftune_noise_alpha",
 }  # fmt: skip
+
+
+BNB_EXTRA = "pip install 'trainer[bnb]'"
+"""How to get bitsandbytes (the qlora extra carries it)."""
+
+_BNB = ("bitsandbytes", BNB_EXTRA)
+_GALORE = ("galore_torch", "pip install 'trainer[galore]'")
+
+
+def optimizer_requirements(name: str) -> list[tuple[str, str]]:
+    """(importable module, how to install it) for each package transformers needs for `name`."""
+    if name.startswith("galore_"):
+        return [_GALORE, _BNB] if "8bit" in name else [_GALORE]
+    if name.startswith(("paged_", "lion_", "rmsprop_bnb", "ademamix", "adamw_bnb_", "adamw_8bit")):
+        return [_BNB]
+    if name.startswith("apollo_"):
+        return [("apollo_torch", "pip install apollo-torch")]
+    if name in ("lomo", "adalomo"):
+        return [("lomo_optim", "pip install lomo-optim")]
+    if name.startswith("schedule_free_"):
+        return [("schedulefree", "pip install schedulefree")]
+    if name == "grokadamw":
+        return [("grokadamw", "pip install grokadamw")]
+    if name in ("adamw_torch_4bit", "adamw_torch_8bit"):
+        return [("torchao", "pip install 'torchao>=0.4'")]
+    if name == "stable_adamw":
+        return [("optimi", "pip install torch-optimi")]
+    if name == "adamw_anyprecision":
+        return [("torchdistx", "install torchdistx (https://github.com/pytorch/torchdistx)")]
+    if name == "adamw_torch_xla":
+        return [("torch_xla", "install torch_xla (a TPU/XLA machine)")]
+    if name == "adamw_torch_npu_fused":
+        return [("torch_npu", "install torch_npu (an Ascend NPU machine)")]
+    return []
+
+
+def _missing_optimizer_packages(name: str) -> list[str]:
+    missing = []
+    for module, how in optimizer_requirements(name):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(f"'{name}' needs the '{module}' package, which is not installed: {how}")
+    return missing
 
 
 @dataclass
@@ -201,6 +249,8 @@ def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
         return list(DatasetSpec.model_fields)
     if path and path[0] == "filters":
         return list(Filters.model_fields)
+    if path and path[0] == "special_tokens":
+        return list(SpecialTokens.model_fields)
     return list(model.model_fields)
 
 
@@ -371,7 +421,27 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         )
     if c.overwrite_output_dir and c.resume_from_checkpoint:
         bad("resume_from_checkpoint", "cannot resume and overwrite output_dir at once")
+    for message in _missing_optimizer_packages(c.optimizer):
+        bad("optimizer", message)
+    low_rank = c.optimizer.startswith(("galore_", "apollo_"))
+    if low_rank and "optim_target_modules" not in c.trainer_args:
+        if c.optimizer.startswith("galore_") and _plugin_name(c.adapter) != "galore":
+            bad(
+                "optimizer",
+                f"'{c.optimizer}' projects the gradients of chosen modules: use adapter: galore "
+                "(it sets the target modules and the rank)",
+            )
+        elif c.optimizer.startswith("apollo_"):
+            bad("optimizer", f"'{c.optimizer}' needs trainer_args.optim_target_modules (e.g. [attn, mlp])")
     return problems
+
+
+def _plugin_name(block: Any) -> str | None:
+    if isinstance(block, str):
+        return block
+    if isinstance(block, dict) and isinstance(block.get("type"), str):
+        return str(block["type"])
+    return None
 
 
 def _is_multiple(big: float, small: float) -> bool:

@@ -1,0 +1,137 @@
+"""`qlora`: LoRA on a base model loaded in 4 bits by bitsandbytes (QLoRA). The base weights stay
+quantized and frozen; only the adapters train, and the output is a normal PEFT adapter
+(adapter_config.json + adapter_model.safetensors) that loads on the base, quantized or not.
+
+adapter:
+  type: qlora
+  r: 16                 # ... and every other `lora` option
+  quant_type: nf4       # or fp4
+  double_quant: true    # quantize the quantization constants too (~0.4 bit/param less)
+  compute_dtype: null   # null: bfloat16 with bf16, float16 with fp16, else float32
+  quant_storage: uint8  # the packed weights' dtype (FSDP needs it equal to the model's dtype)
+
+8-bit loading is not this adapter's business: it is `lora`'s `load_in_8bit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plugins.adapters.lora import Lora, LoraOptions
+from trainer.api import Contribution
+from trainer.config.schema import TrainConfig
+
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class QLoraOptions(LoraOptions):
+    bits: Literal[4] = Field(4, description="Bits per base weight (4; for 8 bits use lora's load_in_8bit)")
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: nf4 (NormalFloat, the QLoRA paper's) or fp4"
+    )
+    double_quant: bool = Field(True, description="Also quantize the per-block scaling constants")
+    compute_dtype: ComputeDtype | None = Field(
+        None,
+        description="Dtype the dequantized weights are multiplied in; "
+        "null: bfloat16 with bf16, float16 with fp16, else float32",
+    )
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="Dtype the packed 4-bit weights are stored in (FSDP wants the model's dtype)"
+    )
+
+
+def resolved_compute_dtype(options: QLoraOptions, config: TrainConfig) -> ComputeDtype:
+    """The compute dtype of a run: the option when set, else the one the config trains in."""
+    if options.compute_dtype is not None:
+        return options.compute_dtype
+    if config.bf16:
+        return "bfloat16"
+    if config.fp16:
+        return "float16"
+    return "float32"
+
+
+class QLora(Lora):
+    """LoRA adapters on a 4-bit (bitsandbytes) quantized, frozen base model."""
+
+    name = "qlora"
+    Options = QLoraOptions  # type: ignore[assignment]  # mypy reads Lora.Options as its constructor
+    requires = {"bitsandbytes": "qlora"}
+
+    @property
+    def qopts(self) -> QLoraOptions:
+        return self.options  # type: ignore[return-value]
+
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems: list[str | tuple[str, str]] = list(super().check(config))
+        opts = self.qopts
+        if getattr(opts, "load_in_8bit", False):  # lora's own 8-bit loading
+            problems.append(
+                ("load_in_8bit", "qlora loads the base in 4 bits; for 8 bits use adapter type lora")
+            )
+        init = getattr(opts, "init", "default")
+        if init in ("pissa", "olora"):  # they rewrite the base weights, which stay 4-bit and frozen here
+            problems.append(("init", f"{init} needs full-precision base weights; use adapter type lora"))
+        dtype = opts.compute_dtype
+        trains_in = "bfloat16" if config.bf16 else "float16" if config.fp16 else "float32"
+        if dtype is not None and dtype not in ("float32", trains_in):
+            need = {"bfloat16": "bf16: true", "float16": "fp16: true"}[dtype]
+            now = {"bfloat16": "bf16", "float16": "fp16", "float32": "neither bf16 nor fp16"}[trains_in]
+            problems.append(
+                ("compute_dtype", f"'{dtype}' needs {need}, but the config sets {now} (or leave it unset)")
+            )
+        return problems
+
+    def bnb_config(self, config: TrainConfig) -> Any:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        opts = self.qopts
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=opts.quant_type,
+            bnb_4bit_use_double_quant=opts.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, resolved_compute_dtype(opts, config)),
+            bnb_4bit_quant_storage=getattr(torch, opts.quant_storage),
+        )
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        contribution = super().contribute(config)
+        contribution.model_kwargs = {
+            **contribution.model_kwargs,
+            "quantization_config": self.bnb_config(config),
+        }
+        if resolved_compute_dtype(self.qopts, config) != "bfloat16":
+            contribution.callbacks = [*contribution.callbacks, _adapters_in_float32()]
+        return contribution
+
+    def prepare_model(self, model: Any, config: TrainConfig) -> Any:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, upcasts the non-quantized layers (norms, embeddings) to float32 and, with
+        # gradient checkpointing, makes the inputs require grad so the adapters still get gradients.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+        return super().prepare_model(model, config)
+
+
+def _adapters_in_float32() -> Any:
+    """A callback that puts the trainable (adapter) weights back in float32 once the trainer is built.
+
+    TRL's SFTTrainer casts the trainable weights of every quantized model to bfloat16 (the QLoRA
+    recipe for bf16 runs). In a float32 or fp16 run that rounds the adapters for nothing, and the
+    saved adapter, which PEFT loads in float32, would then not compute what the trained model did.
+    `on_init_end` comes after that cast and before the optimizer exists (or loads a checkpoint)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class AdaptersInFloat32(TrainerCallback):
+        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            for param in model.parameters() if model is not None else ():
+                if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                    param.data = param.data.float()
+
+    return AdaptersInFloat32()

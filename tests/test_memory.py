@@ -1,0 +1,288 @@
+"""trainer.memory: the per-device memory estimate that `validate` prints.
+
+Byte counts per parameter are unit-tested against the seed's numbers (18 bytes for mixed-precision
+AdamW); weights + gradients + optimizer states are checked within 10% of the real tensors after one
+real optimizer step on CPU; the safetensors-header reader against the loaded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_yaml
+from trainer.cli.validate import summary
+from trainer.config.validate import load_config
+from trainer.memory import (
+    Unavailable,
+    estimate,
+    find_shapes,
+    llama_like_tensors,
+    read_safetensors_header,
+)
+
+LLAMA = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512,
+    "intermediate_size": 1536, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 8,
+    "vocab_size": 1000, "tie_word_embeddings": False, "dtype": "float32",
+}  # fmt: skip
+
+
+def fake_checkpoint(folder: Path, config: dict[str, Any], dtype: str = "F32", shards: int = 1) -> Path:
+    """A model folder whose safetensors files have real headers and zero-filled data (no torch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = list(llama_like_tensors(config).items())
+    size = {"F32": 4, "BF16": 2}[dtype]
+    weight_map = {}
+    for k in range(shards):
+        part = tensors[k::shards]
+        header, offset = {}, 0
+        for name, shape in part:
+            n = size
+            for d in shape:
+                n *= d
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        raw = json.dumps(header).encode()
+        file = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        with open(folder / file, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(8 + len(raw) + offset)
+        weight_map.update({name: file for name, _ in part})
+    if shards > 1:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+def resolve(tmp: Path, model: Path, data: Path, **keys: Any):  # type: ignore[no-untyped-def]
+    config = {
+        "base_model": str(model),
+        "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
+        "sequence_len": 48,
+        "output_dir": str(tmp / "out"),
+        **keys,
+    }
+    return load_config(str(write_yaml(tmp / "cfg.yml", config)))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "generation": "b"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    return fake_checkpoint(tmp_path / "fake", LLAMA)
+
+
+# ---- byte counts per parameter (no torch) -------------------------------------------------------
+
+
+def per_param(est: Any) -> float:
+    return (est.weights + est.gradients + est.optimizer) / est.total_params
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({}, 16),  # fp32: weights 4 + gradients 4 + AdamW 8
+        ({"bf16": True}, 18),  # the seed's mixed precision: 4 + 2 (16-bit copy) + 4 + 8
+        ({"fp16": True}, 18),
+        ({"optimizer": "sgd"}, 8),  # no momentum: no state
+        ({"optimizer": "sgd", "trainer_args": {"optim_args": "momentum=0.9"}}, 12),
+    ],
+)
+def test_bytes_per_parameter_follow_the_seed(tmp_path, fake, data, keys, expected) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(resolve(tmp_path, fake, data, **keys))
+    assert est.trainable == est.total_params == find_shapes(str(fake)).num_params
+    assert per_param(est) == pytest.approx(expected, rel=0.01)
+
+
+def test_8bit_adam_two_bytes_but_embeddings_stay_32_bit(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(resolve(tmp_path, fake, data, bf16=True, optimizer="adamw_8bit"))
+    n, embedding = est.total_params, 1000 * 512
+    states = embedding * 8 + (n - embedding) * (2 + 8 / 256)  # two 1-byte moments + fp32 absmax / 256
+    assert est.optimizer == pytest.approx(states, rel=1e-3)
+    assert per_param(est) == pytest.approx(10 + states / n, rel=1e-3)
+
+
+def test_bf16_checkpoint_trains_in_16_bit(tmp_path, data) -> None:  # type: ignore[no-untyped-def]
+    model = fake_checkpoint(tmp_path / "bf16", {**LLAMA, "dtype": "bfloat16"}, dtype="BF16")
+    est = estimate(resolve(tmp_path, model, data, bf16=True))
+    assert per_param(est) == pytest.approx(8)  # dtype="auto": bf16 weights, grads and moments
+
+
+def test_adafactor_is_factored(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    shapes = find_shapes(str(fake))
+    est = estimate(resolve(tmp_path, fake, data, optimizer="adafactor"))
+    want = sum(4 * (s[0] + s[1]) if len(s) == 2 else 4 * s[0] for s in shapes.tensors.values())
+    assert est.optimizer == want < shapes.num_params  # far below 4 bytes per parameter
+
+
+def test_lora_counts_r_times_in_plus_out(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    h, i, layers, r = 512, 1536, 2, 8
+    per_layer = 4 * r * (h + h) + 2 * r * (h + i) + r * (i + h)  # q k v o, gate up, down
+    est = estimate(resolve(tmp_path, fake, data, adapter={"type": "lora", "r": r}))
+    assert est.trainable == layers * per_layer  # all-linear: every linear but lm_head
+    est = estimate(
+        resolve(tmp_path, fake, data, adapter={"type": "lora", "r": r, "target_modules": ["q_proj"]})
+    )
+    assert est.trainable == layers * r * (h + h)
+    assert est.total_params == find_shapes(str(fake)).num_params + est.trainable
+    assert est.gradients == 4 * est.trainable and est.optimizer == 8 * est.trainable
+
+
+def test_activations_korthikanti_and_checkpointing(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    s, b, h, a, inter, layers, vocab = 48, 2, 512, 8, 1536, 2, 1000
+    keys = {"micro_batch_size": b, "bf16": True, "attention": "eager"}
+    est = estimate(resolve(tmp_path, fake, data, **keys))
+    layer = s * b * (18 * h + 4 * inter) + 5 * a * s * s * b  # 34sbh + 5as^2b with I = 4h
+    logits = s * b * vocab * (2 + 8)
+    assert est.activations == layers * layer + logits
+    est = estimate(resolve(tmp_path, fake, data, gradient_checkpointing=True, **keys))
+    assert est.activations == layers * 2 * s * b * h + layer + logits
+
+
+def test_zero_stage_hook_divides_by_world_size(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    resolved = resolve(tmp_path, fake, data, distributed={"type": "ddp", "num_processes": 4})
+    ddp = estimate(resolved)  # DDP: a full replica per process
+
+    class Zero:
+        def __init__(self, stage: int):
+            self.zero_stage, self.options = stage, None
+
+        def world_size(self) -> int:
+            return 4
+
+    for stage, divided in (
+        (1, {"optimizer"}),
+        (2, {"optimizer", "gradients"}),
+        (3, {"optimizer", "gradients", "weights"}),
+    ):
+        chosen = dataclasses.replace(resolved.distributed, plugin=Zero(stage))
+        est = estimate(dataclasses.replace(resolved, distributed=chosen))
+        for part in ("weights", "gradients", "optimizer"):
+            want = getattr(ddp, part) / (4 if part in divided else 1)
+            assert getattr(est, part) == pytest.approx(want), (stage, part)
+
+
+def test_shards_formula_and_hub_cache_agree(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    one = find_shapes(str(fake_checkpoint(tmp_path / "one", LLAMA)))
+    sharded = find_shapes(str(fake_checkpoint(tmp_path / "three", LLAMA, shards=3)))
+    assert "3 shards" in sharded.source and sharded.tensors == one.tensors
+    only_config = tmp_path / "config-only"
+    only_config.mkdir()
+    (only_config / "config.json").write_text(json.dumps(LLAMA))
+    formula = find_shapes(str(only_config))
+    assert "formula" in formula.source and formula.num_params == one.num_params
+    # a hub id whose config.json is in the cache (the hub cache layout), no network
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(LLAMA))
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert find_shapes("org/tiny").num_params == one.num_params
+    with pytest.raises(Unavailable, match="not in the hub cache"):
+        find_shapes("org/missing")
+
+
+def test_summary_says_unavailable_with_the_reason(tmp_path, data) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    lines = summary(resolve(tmp_path, empty, data))
+    assert lines[-1].startswith("memory estimate: unavailable (no config.json or safetensors file in")
+
+
+def test_summary_line(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    text = "\n".join(summary(resolve(tmp_path, fake, data, adapter="lora")))
+    assert "memory per device (estimate): weights " in text
+    assert ", gradients " in text and ", optimizer " in text and ", activations " in text
+    assert "parameters (" in text and "trainable " in text
+
+
+# ---- against real tensors (torch) ---------------------------------------------------------------
+
+
+def test_header_count_matches_the_loaded_model(tiny_model: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype="auto")
+    real = sum(p.numel() for p in model.parameters())
+    assert find_shapes(str(tiny_model)).num_params == real
+    header = read_safetensors_header(str(tiny_model / "model.safetensors"))
+    assert all("data_offsets" in v for v in header.values())
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    sharded = find_shapes(str(tmp_path / "sharded"))
+    assert "shards" in sharded.source and sharded.num_params == real
+    assert sharded.dtype_bytes == torch.tensor([], dtype=model.dtype).element_size()
+
+
+def measured_after_one_step(tmp: Path, resolved: Any) -> float:
+    """Bytes of parameters, their gradients and optimizer states right after one optimizer step."""
+    torch = pytest.importorskip("torch")
+    from transformers import TrainerCallback
+
+    from trainer.build import build_trainer
+
+    seen: dict[str, float] = {}
+
+    class Measure(TrainerCallback):  # type: ignore[misc]
+        def on_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            model, optimizer = kwargs["model"], kwargs["optimizer"]
+            tensors: dict[int, Any] = {}
+            for p in model.parameters():
+                tensors[p.data_ptr()] = p
+                if p.grad is not None:
+                    tensors[p.grad.data_ptr()] = p.grad
+            for st in getattr(optimizer, "optimizer", optimizer).state.values():
+                for value in st.values():
+                    if torch.is_tensor(value) and value.numel() > 1:
+                        tensors[value.data_ptr()] = value  # shared qmaps once
+            seen["bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    built = build_trainer(resolved)
+    built.trainer.add_callback(Measure())
+    built.trainer.train()
+    return seen["bytes"]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"optimizer": "adamw_torch"},
+        {"optimizer": "adamw_torch", "adapter": {"type": "lora", "r": 8}},
+        {"optimizer": "sgd"},
+        {"optimizer": "adamw_8bit"},
+        {"optimizer": "adafactor"},
+    ],
+    ids=["full-adamw", "lora-adamw", "full-sgd", "full-adamw_8bit", "full-adafactor"],
+)
+def test_estimate_within_10_percent_of_one_real_step(tiny_model, toy_data, tmp_path, keys) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    if keys["optimizer"] == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resolved = resolve(
+            tmp_path, tiny_model, toy_data / "train.jsonl", max_steps=1, micro_batch_size=2,
+            max_train_samples=4, save_strategy="no", report_to="none", **keys,
+        )  # fmt: skip
+        real = measured_after_one_step(tmp_path, resolved)
+    finally:
+        torch.set_num_threads(threads)
+    est = estimate(resolved)
+    guess = est.weights + est.gradients + est.optimizer
+    assert guess == pytest.approx(real, rel=0.10), (guess, real)
