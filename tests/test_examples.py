@@ -74,3 +74,29 @@ def test_schema_rejects_typos() -> None:
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+def test_every_adapter_option_and_model_key_is_shown_in_an_example() -> None:
+    """Each option a built-in adapter defines (beyond what it inherits from another adapter) is set
+    in at least one example config of that adapter type; so are the model-level keys."""
+    from plugins.adapters.full import Full
+    from plugins.adapters.galore import GaLore
+    from plugins.adapters.lora import Lora
+    from plugins.adapters.qlora import QLora
+
+    configs = [yaml.safe_load(example.read_text(encoding="utf-8")) for example in EXAMPLES]
+    used: dict[str, set[str]] = {}
+    for config in configs:
+        block = config.get("adapter", "full")
+        block = {"type": block} if isinstance(block, str) else block
+        used.setdefault(block["type"], set()).update(block)
+    missing = []
+    for plugin in (Full, Lora, QLora, GaLore):
+        inherited = {
+            name for base in plugin.Options.__mro__[1:] for name in getattr(base, "model_fields", {})
+        }
+        own = set(plugin.Options.model_fields) - inherited
+        missing += [f"{plugin.name}.{name}" for name in sorted(own - used.get(plugin.name, set()))]
+    top = set().union(*configs)
+    missing += [key for key in ("neftune_noise_alpha", "special_tokens", "tokens") if key not in top]
+    assert not missing, f"options in no example config: {missing}"
