@@ -300,12 +300,26 @@ def test_lora_checks_name_the_option(tiny_model, toy_data, tmp_path):
 # ---- NEFTune -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", ["full", {"type": "lora", "r": R, "target_modules": ["q_proj"]}])
-def test_neftune_noises_embeddings_in_training_only(adapter, tiny_model, toy_data, tmp_path):
+@pytest.mark.parametrize(
+    ("adapter", "extra"),
+    [
+        ("full", {}),
+        ({"type": "lora", "r": R, "target_modules": ["q_proj"]}, {}),
+        ({"type": "qlora", "r": R, "target_modules": ["q_proj"]}, {}),
+        ({"type": "galore", "rank": 4, "update_proj_gap": 2}, {"optimizer": "galore_adamw"}),
+    ],
+    ids=["full", "lora", "qlora", "galore"],
+)
+def test_neftune_noises_embeddings_in_training_only(adapter, extra, tiny_model, toy_data, tmp_path):
     from transformers import TrainerCallback
 
     config = config_for(
-        tiny_model, toy_data / "train.jsonl", tmp_path / "out", adapter=adapter, neftune_noise_alpha=5.0
+        tiny_model,
+        toy_data / "train.jsonl",
+        tmp_path / "out",
+        adapter=adapter,
+        neftune_noise_alpha=5.0,
+        **extra,
     )
     built = build_trainer(load_config(str(write_yaml(tmp_path / "cfg.yml", config))))
     assert built.args.neftune_noise_alpha == 5.0
