@@ -21,6 +21,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """In-process training uses one torch thread: two OpenMP threads on a shared 2-core machine
+    spin and run 10-30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a char-level tokenizer; pad token unset (EOS is used as pad)."""

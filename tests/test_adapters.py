@@ -26,14 +26,6 @@ PROMPT = "Reverse the word: hello\nAnswer: "
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def config_for(model: Path, data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "base_model": str(model),

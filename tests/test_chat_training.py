@@ -6,23 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.conftest import REPO, write_yaml
 from trainer.config.validate import load_config
 from trainer.data.encode import IGNORE
 from trainer.run import train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_chat_example_trains_assistant_turns_and_saves_its_template(

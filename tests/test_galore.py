@@ -30,14 +30,6 @@ ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def galore_config(model: Path, data: Path, out: Path, optimizer: str = "galore_adamw", **adapter: Any):
     return {
         "base_model": str(model),

@@ -26,14 +26,6 @@ from trainer.run import train  # noqa: E402
 R = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def qlora_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "base_model": str(model),

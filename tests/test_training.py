@@ -29,14 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 300
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def base_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A tiny full fine-tuning config on the toy word-reversal task."""
     config: dict[str, Any] = {
