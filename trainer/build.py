@@ -111,6 +111,9 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "report_to": config.report_to,
         "max_length": config.sequence_len,
         "packing": False,
+        # The data pipeline already tokenized, masked, fitted to sequence_len and dropped rows with
+        # nothing to train: TRL's own pass over the prepared rows would only repeat that.
+        "dataset_kwargs": {"skip_prepare_dataset": True},
         "trust_remote_code": config.trust_remote_code,
     }
     if config.neftune_noise_alpha is not None:
