@@ -179,6 +179,7 @@ datasets:
     prompt_field: prompt
     completion_field: generation
 sequence_len: {settings.seq_len}
+shuffle: false  # file order, as the plain script loads it; both samplers then draw the same rows
 adapter: full
 attention: sdpa
 micro_batch_size: {settings.micro_batch}
