@@ -65,6 +65,26 @@ def write_config(tmp_path: Path):
     return write
 
 
+def toy_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A short run on the toy task (`data` is its train.jsonl): full fine-tuning, constant lr,
+    no checkpoints, a log every step; `overrides` replace or add keys."""
+    config: dict[str, Any] = {
+        "base_model": str(model),
+        "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
+        "sequence_len": 48,
+        "max_train_samples": 96,
+        "micro_batch_size": 8,
+        "max_steps": 12,
+        "learning_rate": 3.0e-3,
+        "lr_scheduler": "constant",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "output_dir": str(output_dir),
+    }
+    config.update(overrides)
+    return config
+
+
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:
     """Write a config dict as YAML (creating the folder) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

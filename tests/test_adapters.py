@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import write_yaml  # noqa: E402
+from tests.conftest import toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
@@ -27,21 +27,8 @@ LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 
 def config_for(model: Path, data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "base_model": str(model),
-        "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
-        "sequence_len": 48,
-        "max_train_samples": 16,
-        "micro_batch_size": 4,
-        "max_steps": 3,
-        "learning_rate": 1.0e-2,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "output_dir": str(out),
-    }
-    config.update(overrides)
-    return config
+    settings = {"max_train_samples": 16, "micro_batch_size": 4, "max_steps": 3, "learning_rate": 1.0e-2}
+    return toy_config(model, data, out, **{**settings, **overrides})
 
 
 def build_train_save(tmp: Path, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("galore_torch")
 
-from tests.conftest import write_yaml  # noqa: E402
+from tests.conftest import toy_config, write_yaml  # noqa: E402
 from trainer.build import plan  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
@@ -31,23 +31,10 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def galore_config(model: Path, data: Path, out: Path, optimizer: str = "galore_adamw", **adapter: Any):
-    return {
-        "base_model": str(model),
-        "datasets": [
-            {"path": str(data / "train.jsonl"), "type": "prompt_completion", "completion_field": "generation"}
-        ],
-        "sequence_len": 48,
-        "max_train_samples": 32,
-        "micro_batch_size": 8,
-        "max_steps": 3,
-        "learning_rate": 3.0e-3,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "output_dir": str(out),
-        "optimizer": optimizer,
-        "adapter": {"type": "galore", "rank": RANK, **adapter},
-    }  # fmt: skip
+    settings = {"max_train_samples": 32, "max_steps": 3, "optimizer": optimizer}
+    return toy_config(
+        model, data / "train.jsonl", out, adapter={"type": "galore", "rank": RANK, **adapter}, **settings
+    )
 
 
 def line_of(path: Path, key: str) -> str:

@@ -22,30 +22,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, write_yaml
+from tests.conftest import REPO, toy_config, write_yaml
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import OPTIMIZERS
 from trainer.config.validate import load_config, optimizer_requirements
 
 
 def config_for(model: Path, data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "base_model": str(model),
-        "datasets": [
-            {"path": str(data / "train.jsonl"), "type": "prompt_completion", "completion_field": "generation"}
-        ],
-        "sequence_len": 48,
-        "max_train_samples": 16,
-        "micro_batch_size": 8,
-        "max_steps": 2,
-        "learning_rate": 3.0e-3,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "output_dir": str(out),
-    }
-    config.update(overrides)
-    return config
+    settings = {"max_train_samples": 16, "max_steps": 2}
+    return toy_config(model, data / "train.jsonl", out, **{**settings, **overrides})
 
 
 def line_of(path: Path, key: str) -> str:

@@ -18,7 +18,7 @@ import yaml
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
-from tests.conftest import write_yaml  # noqa: E402
+from tests.conftest import toy_config, write_yaml  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.run import train  # noqa: E402
@@ -27,22 +27,9 @@ R = 8
 
 
 def qlora_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "base_model": str(model),
-        "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
-        "sequence_len": 48,
-        "max_train_samples": 160,
-        "micro_batch_size": 8,
-        "max_steps": 20,
-        "learning_rate": 3.0e-3,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "output_dir": str(output_dir),
-        "adapter": {"type": "qlora", "r": R, "alpha": 16, "dropout": 0.0},
-    }
-    config.update(overrides)
-    return config
+    adapter = {"type": "qlora", "r": R, "alpha": 16, "dropout": 0.0}
+    settings = {"max_train_samples": 160, "max_steps": 20, "adapter": adapter}
+    return toy_config(model, data, output_dir, **{**settings, **overrides})
 
 
 def run(tmp: Path, config: dict[str, Any]):

@@ -20,32 +20,13 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import write_yaml  # noqa: E402
+from tests.conftest import toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.run import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 300
-
-
-def base_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """A tiny full fine-tuning config on the toy word-reversal task."""
-    config: dict[str, Any] = {
-        "base_model": str(model),
-        "datasets": [{"path": str(data), "type": "prompt_completion", "completion_field": "generation"}],
-        "sequence_len": 48,
-        "max_train_samples": 96,
-        "micro_batch_size": 8,
-        "max_steps": 12,
-        "learning_rate": 3.0e-3,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "output_dir": str(output_dir),
-    }
-    config.update(overrides)
-    return config
 
 
 def run_api(tmp: Path, config: dict[str, Any], overrides: list[str] | None = None, name: str = "cfg.yml"):
@@ -114,13 +95,13 @@ def initial_state(model_dir: Path) -> dict[str, Any]:
 def full_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("full")
     out = tmp / "out"
-    built = run_api(tmp, base_config(tiny_model, toy_data / "train.jsonl", out, max_steps=10))
+    built = run_api(tmp, toy_config(tiny_model, toy_data / "train.jsonl", out, max_steps=10))
     return built, out
 
 
 def test_cli_full_finetune_loss_falls_and_rerun_is_refused(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "cfg.yml", base_config(tiny_model, toy_data / "train.jsonl", out))
+    cfg = write_yaml(tmp_path / "cfg.yml", toy_config(tiny_model, toy_data / "train.jsonl", out))
     done = run_cli(str(cfg), cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "train loss: first logged" in done.stdout
@@ -204,7 +185,7 @@ def test_lora_outputs_reload_and_only_adapters_train(tiny_model, toy_data, tmp_p
 
     out = tmp_path / "out"
     adapter = {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}
-    config = base_config(tiny_model, toy_data / "train.jsonl", out, adapter=adapter, max_steps=6)
+    config = toy_config(tiny_model, toy_data / "train.jsonl", out, adapter=adapter, max_steps=6)
     config["learning_rate"] = 1.0e-2
     built = run_api(tmp_path, config)
 
@@ -258,7 +239,7 @@ def varied_rows(path: Path) -> Path:
 def one_sgd_step(tmp: Path, model: Path, data: Path, micro: int, accumulation: int):
     """One optimizer step of plain SGD; returns (logged loss, weight update / lr, micro-batches seen)."""
     lr = 1.0
-    config = base_config(
+    config = toy_config(
         model,
         data,
         tmp / f"out-{micro}x{accumulation}",
@@ -358,7 +339,7 @@ def test_gradient_accumulation_is_token_weighted(full_run, tmp_path):
 
 def test_resume_from_checkpoint_continues(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
-    config = base_config(
+    config = toy_config(
         tiny_model, toy_data / "train.jsonl", out, max_steps=5, save_strategy="steps", save_steps=5
     )
     first = run_api(tmp_path, config)
@@ -389,7 +370,7 @@ def test_api_refuses_non_empty_output_dir(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    config = base_config(tiny_model, toy_data / "train.jsonl", out, max_steps=1)
+    config = toy_config(tiny_model, toy_data / "train.jsonl", out, max_steps=1)
     with pytest.raises(ConfigErrors, match="not empty"):
         run_api(tmp_path, config)
     # overwrite_output_dir does not delete a folder that trainer did not write
@@ -402,7 +383,7 @@ def test_api_refuses_non_empty_output_dir(tiny_model, toy_data, tmp_path):
 
 
 def test_max_train_samples_is_honoured(tiny_model, toy_data, tmp_path):
-    config = base_config(
+    config = toy_config(
         tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_train_samples=24, shuffle=False
     )
     config.pop("max_steps")
@@ -419,7 +400,7 @@ def test_max_train_samples_is_honoured(tiny_model, toy_data, tmp_path):
 
 
 def test_val_set_size_logs_eval_loss_at_start_and_end(tiny_model, toy_data, tmp_path):
-    config = base_config(
+    config = toy_config(
         tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_train_samples=16, val_set_size=8
     )
     config.pop("max_steps")
@@ -435,7 +416,7 @@ def test_val_set_size_logs_eval_loss_at_start_and_end(tiny_model, toy_data, tmp_
 def test_eager_and_sdpa_attention_train_alike(tiny_model, toy_data, tmp_path):
     first_losses = {}
     for attention in ("eager", "sdpa"):
-        config = base_config(
+        config = toy_config(
             tiny_model, toy_data / "train.jsonl", tmp_path / attention, attention=attention, max_steps=2
         )
         built = run_api(tmp_path, config, name=f"{attention}.yml")
