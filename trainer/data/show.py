@@ -7,6 +7,7 @@ they are written (e.g. `</s>`), so a trained end-of-turn token is visible.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from trainer.api import Formatter
@@ -26,7 +27,7 @@ def preview(resolved: Resolved, tokenizer: Any, count: int) -> Iterator[tuple[st
         formatter: Formatter = chosen.plugin  # type: ignore[assignment]
         processor = RowProcessor(formatter, tokenizer, resolved.config)
         rows = Source(spec).rows()
-        for outcome in process_rows(processor, _first(rows, count - shown), num_proc=1):
+        for outcome in process_rows(processor, islice(rows, count - shown), num_proc=1):
             if outcome.reason:
                 yield outcome.where, f"dropped ({outcome.reason}): {outcome.message}"
             for part, example in enumerate(outcome.examples, start=1):
@@ -35,13 +36,6 @@ def preview(resolved: Resolved, tokenizer: Any, count: int) -> Iterator[tuple[st
             shown += 1
             if shown >= count:
                 return
-
-
-def _first(rows: Iterator[Any], count: int) -> Iterator[Any]:
-    for i, row in enumerate(rows):
-        if i >= count:
-            return
-        yield row
 
 
 def marked(tokenizer: Any, example: Encoded, color: bool) -> str:
