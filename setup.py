@@ -26,7 +26,9 @@ BUILTIN_PLUGINS = {
     "trainer.attention": [
         "eager = plugins.attention.kernels:Eager",
         "sdpa = plugins.attention.kernels:Sdpa",
+        "flex_attention = plugins.attention.kernels:FlexAttention",
         "flash_attention_2 = plugins.attention.kernels:FlashAttention2",
+        "flash_attention_3 = plugins.attention.kernels:FlashAttention3",
     ],
     "trainer.distributed": [
         "none = plugins.distributed.single:SingleProcess",
@@ -34,6 +36,9 @@ BUILTIN_PLUGINS = {
     ],
     "trainer.callbacks": [
         "generation_eval = plugins.callbacks.generation_eval:GenerationEval",
+    ],
+    "trainer.kernels": [
+        "liger = plugins.kernels.liger:Liger",
     ],
 }
 
@@ -43,9 +48,14 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],
+    "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
     "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "pre-commit>=3", "types-PyYAML", "jsonschema>=4"],
 }
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "flash-attn" for req in reqs})
+# GPU-only extras stay out of `all`: flash-attn cannot build without CUDA, and liger-kernel needs
+# triton, which has no wheels for macOS or Windows.
+EXTRAS["all"] = sorted(
+    {req for name, reqs in EXTRAS.items() if name not in ("flash-attn", "liger") for req in reqs}
+)
 
 setup(
     name="trainer",

@@ -105,7 +105,7 @@ def test_many_errors_at_once_sorted_by_line(write_config, base: dict[str, Path])
         "integer (got 'two')",
         f"{cfg}:10  adapter.rr: unknown key 'rr' (did you mean 'r'?)",
         f"{cfg}:11  attention.type: unknown attention 'sdpaa' (did you mean 'sdpa'?); "
-        "known: eager, flash_attention_2, sdpa",
+        "known: eager, flash_attention_2, flash_attention_3, flex_attention, sdpa",
     ]
 
 

@@ -1,6 +1,8 @@
 """`python -m trainer.cli.validate` checks a config without importing torch, transformers or trl —
 even with every kind of plugin chosen (each chosen plugin is imported) — except when the config has
-`trainer_args`, which are checked against trl.SFTConfig (the documented exception)."""
+`trainer_args`, which are checked against trl.SFTConfig (the documented exception). Kernel plugins are
+not chosen here: `liger` looks for a CUDA GPU with torch once its package is installed; that its
+refusal without the package stays torch-free is checked in test_kernels.py."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from trainer.config.schema import TrainConfig
 
-KINDS = ("formatters", "adapters", "attention", "distributed", "callbacks")
+KINDS = ("formatters", "adapters", "attention", "distributed", "callbacks", "kernels")
 """Plugin kinds; each is the entry-point group `trainer.<kind>` (public API)."""
 
 
@@ -144,7 +144,17 @@ class Adapter(Plugin):
 
 
 class Attention(Plugin):
-    """Chooses the attention kernel (usually a model-load kwarg)."""
+    """Chooses the attention kernel (usually a model-load kwarg).
+
+    `packed_inputs` says how a packed row's examples are kept from attending to each other:
+    "mask_4d" (a block-diagonal 4D mask; `additive_mask` for kernels that add it to the scores) or
+    "position_ids" (a flattened batch whose restarting position ids the kernel reads, as
+    flash-attention's varlen path does). None: the kernel cannot isolate them, and
+    `sample_packing` is refused with it.
+    """
+
+    packed_inputs: ClassVar[str | None] = None
+    additive_mask: ClassVar[bool] = False
 
 
 class Distributed(Plugin):
@@ -163,10 +173,20 @@ class Callback(Plugin):
     """Adds `transformers.TrainerCallback`s to the run."""
 
 
+class Kernel(Plugin):
+    """Swaps model modules or the loss for faster fused kernels.
+
+    A kernel plugin contributes the switches that make transformers (or TRL) apply its kernels to
+    the loaded model, e.g. `sft_args={"use_liger_kernel": True, ...}`; it does not patch anything
+    at import time or in `contribute()`. Kernels are usually GPU-only: say so from `check()`.
+    """
+
+
 BASES: dict[str, type[Plugin]] = {
     "formatters": Formatter,
     "adapters": Adapter,
     "attention": Attention,
     "distributed": Distributed,
     "callbacks": Callback,
+    "kernels": Kernel,
 }

@@ -13,6 +13,7 @@ from trainer.api import Adapter, Contribution
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.config.validate import Resolved, sft_config_fields
+from trainer.data.collate import PackedInputs
 
 
 @dataclass
@@ -110,7 +111,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "load_best_model_at_end": config.load_best_model_at_end,
         "report_to": config.report_to,
         "max_length": config.sequence_len,
-        "packing": False,
+        "packing": False,  # ours, when sample_packing is on: see trainer.data.packing
+        "remove_unused_columns": False,  # the collator picks the columns it needs
         # The data pipeline already tokenized, masked, fitted to sequence_len and dropped rows with
         # nothing to train: TRL's own pass over the prepared rows would only repeat that.
         "dataset_kwargs": {"skip_prepare_dataset": True},
@@ -118,6 +120,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     }
     if config.neftune_noise_alpha is not None:
         args["neftune_noise_alpha"] = config.neftune_noise_alpha
+    if config.group_by_length:
+        args["train_sampling_strategy"] = "group_by_length"  # reads the `length` column
     if not _has_accelerator():
         # Tell accelerate this is a CPU run. Without it, under torchrun on CPU accelerate starts a
         # gloo process group but treats the run as not distributed: no DDP wrapper, no gradient
@@ -208,6 +212,52 @@ def load_model(config: TrainConfig, merged: Merged, adapter: Adapter, tokenizer:
     return adapter.prepare_model(model, config)
 
 
+def packed_inputs_for(attention: Any, model_config: Any, sequence_len: int) -> PackedInputs:
+    """How the collator keeps packed examples apart for this kernel and model. A model with
+    sliding-window layers shorter than the rows gets restarting position ids without a mask:
+    transformers then builds each layer's mask (sliding or full) with the examples kept apart,
+    where one explicit 4D mask would make every layer full-attention."""
+    mode: PackedInputs = attention.packed_inputs
+    if mode == "mask_4d" and _has_sliding_window(model_config, sequence_len):
+        return "position_ids_rows"
+    return mode
+
+
+def _has_sliding_window(model_config: Any, sequence_len: int) -> bool:
+    window = getattr(model_config, "sliding_window", None)
+    if not window or window >= sequence_len or getattr(model_config, "use_sliding_window", True) is False:
+        return False
+    layer_types = getattr(model_config, "layer_types", None)
+    return layer_types is None or "sliding_attention" in layer_types
+
+
+def collated_datasets(resolved: Resolved, data: Any, model: Any, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """The train and eval datasets as the trainer iterates them (packed rows with sample_packing,
+    a `length` column with group_by_length) and the collator that batches them."""
+    from trainer.data.collate import Collator
+    from trainer.data.packing import PackedDataset, example_lengths
+
+    config = resolved.config
+    attention = resolved.attention.plugin
+    train, evals = data.train, data.eval
+    if config.sample_packing:
+        train = PackedDataset(train, config.sequence_len, config.seed)
+    if config.eval_sample_packing and evals is not None:
+        evals = PackedDataset(evals, config.sequence_len, config.seed)
+    if config.group_by_length:
+        train = train.add_column("length", example_lengths(train))
+    packing = config.sample_packing or bool(config.eval_sample_packing)
+    collator = Collator(
+        pad_token_id=tokenizer.pad_token_id,
+        packed_inputs=packed_inputs_for(attention, model.config, config.sequence_len)
+        if packing
+        else "mask_4d",
+        additive_mask=getattr(attention, "additive_mask", False),
+        pad_to=config.sequence_len if config.pad_to_sequence_len else None,
+    )
+    return train, evals, collator
+
+
 @dataclass
 class Built:
     """Everything a run needs, assembled."""
@@ -230,9 +280,9 @@ def plan(resolved: Resolved) -> tuple[Merged, Any]:
 def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None) -> Built:
     """Assemble the SFTTrainer for a resolved config (from `plan(resolved)` when given)."""
     from accelerate import PartialState
-    from trl import SFTTrainer
 
     from trainer.data.pipeline import build_datasets
+    from trainer.sft import SFTTrainer
 
     config = resolved.config
     merged, args = planned or plan(resolved)
@@ -241,19 +291,31 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         data = build_datasets(resolved, tokenizer)
     adapter: Adapter = resolved.adapter.plugin  # type: ignore[assignment]
     model = load_model(config, merged, adapter, tokenizer)
+    if merged.data_collator is not None and (config.sample_packing or config.eval_sample_packing):
+        owner = merged.owners["data_collator"]
+        raise ConfigErrors(
+            [
+                Problem(
+                    ("sample_packing",),
+                    f"{owner} gives its own data collator, which cannot batch packed rows",
+                )
+            ]
+        )
+    train, evals, collator = collated_datasets(resolved, data, model, tokenizer)
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=data.train,
+        train_dataset=data.train,  # TRL accepts only `datasets` datasets here; packed views go in below
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=merged.peft_config,
         callbacks=merged.callbacks or None,
-        data_collator=merged.data_collator,
+        data_collator=merged.data_collator or collator,
     )
+    trainer.train_dataset, trainer.eval_dataset = train, evals
     # An adapter may build the optimizer itself (LoRA+ learning-rate groups), from the model as
     # SFTTrainer wrapped it; Trainer.create_optimizer keeps an optimizer that is already set.
     optimizer = adapter.create_optimizer(trainer.model, args)
     if optimizer is not None:
         trainer.optimizer = optimizer
-    return Built(trainer, tokenizer, data.train, data.eval, data.report, data.cache_dir, args)
+    return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args)

@@ -94,6 +94,9 @@ def start_report(built: Built, processes: int) -> list[str]:
     steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
     lines = ["data: " + line for line in built.report.lines()]
+    packed = getattr(built.train_dataset, "summary", None)  # a PackedDataset
+    if packed is not None:
+        lines.append(packed())
     lines.append(
         f"effective batch size {per_step} = micro {args.per_device_train_batch_size} x accumulation "
         f"{args.gradient_accumulation_steps} x processes {processes}; ~{steps} optimizer steps "

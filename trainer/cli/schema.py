@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from trainer.cli.common import run
-from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, TrainConfig
+from trainer.config.schema import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, DatasetSpec, TrainConfig
 from trainer.registry import PluginError, Registry, default_registry
 
 BUILTIN_DISTRIBUTION = "trainer"
@@ -51,7 +51,8 @@ def build_schema(registry: Registry, builtin: bool = False) -> dict[str, Any]:
             "default": props[key].get("default"),
             "anyOf": plugin_choices(registry, kind, builtin, bare_names=True),
         }
-    props["callbacks"]["items"] = {"anyOf": plugin_choices(registry, "callbacks", builtin, bare_names=True)}
+    for key, kind in LIST_PLUGIN_FIELDS.items():
+        props[key]["items"] = {"anyOf": plugin_choices(registry, kind, builtin, bare_names=True)}
     spec = DatasetSpec.model_json_schema()
     formatter_options = []
     for choice in plugin_choices(registry, "formatters", builtin, bare_names=False):

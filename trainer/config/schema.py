@@ -1,7 +1,7 @@
 """`TrainConfig`: the whole YAML file as a pydantic model, with Axolotl's key names.
 
 Every level forbids unknown keys. Plugin blocks (`adapter`, `attention`, `distributed`,
-`callbacks`, and each dataset's formatter options) are kept as plain dicts here and checked
+`callbacks`, `kernels`, and each dataset's formatter options) are kept as plain dicts here and checked
 against the chosen plugin's own `Options` model by `trainer.config.validate`.
 """
 
@@ -132,8 +132,24 @@ class TrainConfig(Strict):
         None, gt=0, description="Use only the first N training rows (after shuffling, when shuffle is on)"
     )
     max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N eval rows")
+    # packing and padding
+    sample_packing: bool = Field(
+        False,
+        description="Pack examples into rows of sequence_len (best-fit decreasing, per epoch by seed); "
+        "each example attends only to itself and the loss equals the unpacked one",
+    )
+    eval_sample_packing: bool | None = Field(None, description="Pack eval rows too (default: sample_packing)")
+    pad_to_sequence_len: bool = Field(
+        False, description="Pad every row to sequence_len (fixed shapes) instead of the batch's longest"
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Without packing: put examples of similar length in the same batches to cut padding",
+    )
     # batch and schedule
-    micro_batch_size: int = Field(1, gt=0, description="Examples per device per forward pass")
+    micro_batch_size: int = Field(
+        1, gt=0, description="Examples (packed rows with sample_packing) per device per forward pass"
+    )
     eval_batch_size: int | None = Field(None, gt=0, description="Default: micro_batch_size")
     gradient_accumulation_steps: int = Field(1, gt=0)
     num_epochs: float = Field(1.0, gt=0)
@@ -177,6 +193,10 @@ class TrainConfig(Strict):
     attention: PluginSpec = Field("sdpa", description="Attention kernel: eager, sdpa, ...")
     distributed: PluginSpec = Field("none", description="Processes: none, ddp, ...")
     callbacks: list[PluginSpec] = Field(default_factory=list, description="Callback plugins")
+    kernels: list[PluginSpec] = Field(
+        default_factory=list,
+        description="Kernel plugins that swap modules or the loss for fused kernels: liger, ...",
+    )
     # escape hatch
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.SFTConfig field, checked against SFTConfig"
@@ -185,3 +205,6 @@ class TrainConfig(Strict):
 
 PLUGIN_FIELDS = {"adapter": "adapters", "attention": "attention", "distributed": "distributed"}
 """Single-block plugin keys of TrainConfig and their plugin kind."""
+
+LIST_PLUGIN_FIELDS = {"callbacks": "callbacks", "kernels": "kernels"}
+"""Plugin-list keys of TrainConfig (any number of blocks each) and their plugin kind."""

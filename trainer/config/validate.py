@@ -20,7 +20,14 @@ from pydantic import BaseModel, ValidationError
 from trainer.api import Plugin
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.overrides import apply_overrides
-from trainer.config.schema import PLUGIN_FIELDS, DatasetSpec, Filters, SpecialTokens, TrainConfig
+from trainer.config.schema import (
+    LIST_PLUGIN_FIELDS,
+    PLUGIN_FIELDS,
+    DatasetSpec,
+    Filters,
+    SpecialTokens,
+    TrainConfig,
+)
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
 from trainer.registry import Entry, PluginError, Registry, default_registry
 
@@ -112,6 +119,7 @@ class Resolved:
     attention: Chosen
     distributed: Chosen
     callbacks: list[Chosen] = field(default_factory=list)
+    kernels: list[Chosen] = field(default_factory=list)
     formatters: list[Chosen] = field(default_factory=list)
     test_formatters: list[Chosen] = field(default_factory=list)
 
@@ -123,6 +131,7 @@ class Resolved:
             self.attention,
             self.distributed,
             *self.callbacks,
+            *self.kernels,
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +139,8 @@ class Resolved:
         data = self.config.model_dump(mode="json")
         for key in PLUGIN_FIELDS:
             data[key] = _block(getattr(self, key))
-        data["callbacks"] = [_block(c) for c in self.callbacks]
+        for key in LIST_PLUGIN_FIELDS:
+            data[key] = [_block(c) for c in getattr(self, key)]
         for key, chosen_list in (("datasets", self.formatters), ("test_datasets", self.test_formatters)):
             data[key] = [
                 {**spec.model_dump(mode="json", exclude=set(spec.model_extra or {})), **_block(chosen)}
@@ -168,6 +178,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
     if config is not None:
         config = _fill_defaults(config)
         problems += _cross_checks(config)
+        problems += _packing_checks(config, chosen.get("attention"))
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -262,13 +273,12 @@ def _choose_plugins(data: dict[str, Any], registry: Registry, problems: list[Pro
     for key, kind in PLUGIN_FIELDS.items():
         block = data.get(key, TrainConfig.model_fields[key].default)
         chosen[key] = _choose(registry, kind, (key,), block, problems)
-    callbacks = data.get("callbacks") or []
-    if not isinstance(callbacks, list):
-        problems.append(Problem(("callbacks",), "must be a list of callback blocks"))
-        callbacks = []
-    chosen["callbacks"] = [
-        _choose(registry, "callbacks", ("callbacks", i), block, problems) for i, block in enumerate(callbacks)
-    ]
+    for key, kind in LIST_PLUGIN_FIELDS.items():
+        blocks = data.get(key) or []
+        if not isinstance(blocks, list):
+            problems.append(Problem((key,), f"must be a list of {kind.rstrip('s')} blocks"))
+            blocks = []
+        chosen[key] = [_choose(registry, kind, (key, i), block, problems) for i, block in enumerate(blocks)]
     for key, target in (("datasets", "formatters"), ("test_datasets", "test_formatters")):
         specs = data.get(key) or []
         chosen[target] = [
@@ -356,6 +366,8 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
         updates["eval_strategy"] = "steps" if config.eval_steps else ("epoch" if has_val else "no")
     if config.eval_batch_size is None:
         updates["eval_batch_size"] = config.micro_batch_size
+    if config.eval_sample_packing is None:
+        updates["eval_sample_packing"] = config.sample_packing
     if config.save_strategy == "steps" and config.save_steps is None:
         updates["save_steps"] = 500
     if config.load_best_model_at_end and config.metric_for_best_model is None:
@@ -407,6 +419,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
                 )
     if c.test_datasets and c.val_set_size:
         bad("val_set_size", "set val_set_size or test_datasets, not both")
+    if c.group_by_length and c.sample_packing:
+        bad("group_by_length", "has nothing to group with sample_packing (packed rows are already full)")
     for i, pattern in enumerate(c.filters.drop_regex):
         try:
             re.compile(pattern)
@@ -434,6 +448,21 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         elif c.optimizer.startswith("apollo_"):
             bad("optimizer", f"'{c.optimizer}' needs trainer_args.optim_target_modules (e.g. [attn, mlp])")
     return problems
+
+
+def _packing_checks(config: TrainConfig, attention: Chosen | None) -> list[Problem]:
+    """Packing needs an attention kernel that keeps packed examples apart."""
+    packs = config.sample_packing or bool(config.eval_sample_packing)
+    if not packs or attention is None or getattr(attention.plugin, "packed_inputs", None):
+        return []
+    key = "sample_packing" if config.sample_packing else "eval_sample_packing"
+    return [
+        Problem(
+            (key,),
+            f"attention plugin '{attention.entry.name}' cannot keep packed examples apart (it declares no "
+            "packed_inputs); use attention: sdpa, eager, flex_attention or flash_attention_2",
+        )
+    ]
 
 
 def _plugin_name(block: Any) -> str | None:
