@@ -247,3 +247,24 @@ def test_two_nodes_on_localhost(tiny_model, rows, reference, start_weights, tmp_
     assert "train loss: first logged" not in results[1][1]
     assert_saved_once(out)
     assert_same_model(out, reference, start_weights)
+
+
+def test_ddp_with_sample_packing_matches_one_process(tiny_model, rows, start_weights, tmp_path):
+    """Packed rows shard over processes like plain rows: 2 processes x 1 packed row per step ==
+    1 process x 2 rows, same rows, same weights; every rank builds the same packing."""
+    packed = {"sample_packing": True, "sequence_len": 64}
+    single = tmp_path / "single"
+    cfg = write_yaml(
+        single / "cfg.yml", sgd_config(tiny_model, rows, single / "out", micro_batch_size=2, **packed)
+    )
+    done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=single)
+    assert "packing: 8 examples -> " in done.stdout
+    reference = weights(single / "out")
+    double = tmp_path / "double"
+    distributed = {"type": "ddp", "num_processes": 2}
+    config = sgd_config(
+        tiny_model, rows, double / "out", micro_batch_size=1, distributed=distributed, **packed
+    )
+    run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(double / "cfg.yml", config))], cwd=double)
+    assert_saved_once(double / "out")
+    assert_same_model(double / "out", reference, start_weights)
