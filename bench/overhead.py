@@ -32,18 +32,24 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = REPO / "scripts"
+from benchlib import (
+    REPO,
+    SCRIPTS,
+    child_env,
+    install_callback_plugin,
+    run_child,
+    versions,
+    work_dir,
+    write_json,
+)
+
 TARGET = 0.95
 CLOCK_FILE = "bench_clock.json"
 
@@ -198,46 +204,8 @@ output_dir: {json.dumps(settings.output_dir)}
 
 def install_clock(work: Path) -> Path:
     """Write the loop-clock module and its entry-point metadata into a directory for PYTHONPATH."""
-    site = work / "plugin"
-    dist_info = site / "trainer_bench_clock-0.dist-info"
-    dist_info.mkdir(parents=True, exist_ok=True)
-    (site / "bench_clock.py").write_text(CLOCK_MODULE, encoding="utf-8")
-    metadata = "Metadata-Version: 2.1\nName: trainer-bench-clock\nVersion: 0\n"
-    (dist_info / "METADATA").write_text(metadata, encoding="utf-8")
-    entry_points = "[trainer.callbacks]\nbench_clock = bench_clock:BenchClock\n"
-    (dist_info / "entry_points.txt").write_text(entry_points, encoding="utf-8")
-    return site
-
-
-def child_env(threads: int, datasets_cache: Path, site: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    path = [str(site), env["PYTHONPATH"]] if env.get("PYTHONPATH") else [str(site)]
-    env.update(
-        PYTHONPATH=os.pathsep.join(path),
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_DATASETS_CACHE=str(datasets_cache),  # empty per run: no side reuses cached work
-        WANDB_DISABLED="true",
-    )
-    return env
-
-
-def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
-    """Run a command to completion; returns (wall seconds, CPU seconds). Fails loudly."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with log.open("w", encoding="utf-8") as handle:
-        code = subprocess.call(command, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0:
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-40:])
-        sys.exit(f"command failed with exit status {code}: {' '.join(command)}\n--- {log} (tail)\n{tail}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    entry_point = "bench_clock = bench_clock:BenchClock"
+    return install_callback_plugin(work, "bench_clock", CLOCK_MODULE, "trainer-bench-clock", entry_point)
 
 
 def read_metrics(log_history: list[dict], steps: int, where: str) -> tuple[int, float, float]:
@@ -269,7 +237,7 @@ def run_ours(settings: Settings, work: Path, site: Path, repeat: str, threads: i
     env = child_env(threads, work / "hf-datasets" / name, site)
     load = os.getloadavg()[0]
     command = [sys.executable, "-m", "trainer.cli.train", str(cfg)]
-    wall, cpu = run_child(command, env, work / f"{name}.log")
+    _, wall, cpu = run_child(command, env, work / f"{name}.log")
     state = json.loads((Path(settings.output_dir) / "trainer_state.json").read_text(encoding="utf-8"))
     tokens, runtime, loss = read_metrics(state["log_history"], settings.steps, name)
     loop_cpu = read_clock(settings.output_dir, name)
@@ -283,7 +251,7 @@ def run_trl(settings: Settings, work: Path, site: Path, repeat: str, threads: in
     env = child_env(threads, work / "hf-datasets" / name, site)
     load = os.getloadavg()[0]
     command = [sys.executable, str(Path(__file__).resolve()), "--plain-trl", str(spec), str(result)]
-    wall, cpu = run_child(command, env, work / f"{name}.log")
+    _, wall, cpu = run_child(command, env, work / f"{name}.log")
     out = json.loads(result.read_text(encoding="utf-8"))
     tokens, runtime, loss = read_metrics(out["log_history"], settings.steps, name)
     if tokens != out["total_train_tokens"]:
@@ -301,13 +269,6 @@ def build_inputs(work: Path) -> tuple[Path, Path]:
         if done.returncode != 0:
             sys.exit(f"{script} failed:\n{done.stdout}{done.stderr}")
     return model, data / "train.jsonl"
-
-
-def versions() -> dict[str, str]:
-    names = ("torch", "transformers", "trl", "datasets")
-    code = f"import {', '.join(names)}; print({', '.join(n + '.__version__' for n in names)})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {**dict(zip(names, out.stdout.split(), strict=True)), "python": platform.python_version()}
 
 
 METRICS = (
@@ -452,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(result).write_text(json.dumps(out), encoding="utf-8")
         return 0
 
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="trainer-bench-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.work_dir, "trainer-bench-") as work:
         model, train_file = build_inputs(work)
         site = install_clock(work)
         info = {"cpus": os.cpu_count(), "machine": platform.machine(), "versions": versions()}
@@ -504,19 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(runs)
         print_report(runs, summary, args, info)
         if args.json:
-            record = {
-                "settings": {k: str(v) for k, v in vars(args).items() if k != "plain_trl"},
-                "info": info,
-                "runs": [
-                    {**asdict(r), "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens_per_cpu_s}
-                    for r in runs
-                ],
-                "summary": summary,
-            }
-            args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+            records = [
+                {**asdict(r), "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens_per_cpu_s}
+                for r in runs
+            ]
+            write_json(args.json, args, ("plain_trl",), info=info, runs=records, summary=summary)
     return 0
 
 

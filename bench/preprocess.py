@@ -53,15 +53,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = REPO / "scripts"
+from benchlib import REPO, SCRIPTS, child_env, run_child, work_dir, write_json
+
 TARGET = 1.0
 
 # ChatML with `{% generation %}` markers for TRL's `assistant_only_loss`: the same text as the
@@ -333,20 +332,11 @@ def our_config(model: Path, data: Path, case: str, args: argparse.Namespace, out
     )
 
 
-def child_env(datasets_cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    path = [str(REPO), env["PYTHONPATH"]] if env.get("PYTHONPATH") else [str(REPO)]
-    env.update(
-        PYTHONPATH=os.pathsep.join(path),
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        RAYON_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",  # one core per process on both sides; --num-proc adds processes
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_DATASETS_CACHE=str(datasets_cache),  # empty per run: no run reuses another's Arrow files
-        TRANSFORMERS_VERBOSITY="error",
-    )
+def run_env(datasets_cache: Path) -> dict[str, str]:
+    """One core per process on both sides (--num-proc adds processes); the repository on PYTHONPATH;
+    `datasets_cache` empty per run: no run reuses another's Arrow files."""
+    env = child_env(1, datasets_cache, site=REPO)
+    env.update(RAYON_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
     return env
 
 
@@ -358,10 +348,7 @@ def run_once(spec: Spec, name: str, rows: int, repeat: int) -> Run:
     spec_path.write_text(json.dumps(asdict(spec)), encoding="utf-8")
     load = os.getloadavg()[0]
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), str(result_path)]
-    with log.open("w", encoding="utf-8") as handle:
-        code = subprocess.call(
-            command, env=child_env(work / "hf-datasets"), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT
-        )
+    code, _, _ = run_child(command, run_env(work / "hf-datasets"), log, fail=False)
     if code != 0 or not result_path.is_file():
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         tail = "\n".join(lines[-25:])
@@ -391,7 +378,7 @@ def build_model(work: Path) -> Path:
     """The tiny Llama and its byte-level tokenizer, built by the repo's own script (deterministic)."""
     model = work / "tiny-llama"
     command = [sys.executable, str(SCRIPTS / "make_tiny_model.py"), "--out", str(model)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=child_env(work / "hf"))
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=run_env(work / "hf"))
     if done.returncode != 0:
         sys.exit(f"make_tiny_model.py failed:\n{done.stdout}{done.stderr}")
     return model
@@ -542,9 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(result_path).write_text(json.dumps(out), encoding="utf-8")
         return 0
 
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="trainer-bench-pre-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.work_dir, "trainer-bench-pre-") as work:
         model = build_model(work)
         cases = ("a", "b") if args.case == "all" else (args.case,)
         results = [run_case(case, model, work, args) for case in cases]
@@ -574,24 +559,17 @@ def main(argv: list[str] | None = None) -> int:
                 target = f"{verdict} target {TARGET}"
                 print(f"ratio ours/TRL (rows/s): {ratio:.2f} (case {result['case']}; {target})")
         if args.json:
-            record = {
-                "settings": {k: str(v) for k, v in vars(args).items() if k != "child"},
-                "info": info,
-                "cases": [
-                    {
-                        **result,
-                        "runs": [
-                            {**asdict(r), "rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s}
-                            for r in result.get("runs", [])
-                        ],
-                    }
-                    for result in results
-                ],
-            }
-            args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+            case_records = [
+                {
+                    **result,
+                    "runs": [
+                        {**asdict(r), "rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s}
+                        for r in result.get("runs", [])
+                    ],
+                }
+                for result in results
+            ]
+            write_json(args.json, args, ("child",), info=info, cases=case_records)
     return 0
 
 
