@@ -134,3 +134,13 @@ def test_gpu_kernel_packed_logits_equal_each_example_alone(tiny_model, kernel):
     model.forward = on_gpu  # type: ignore[method-assign]
     error = packed_vs_alone_error(model, collate, [examples[:3], examples[3:]])
     assert error < 5e-2, error  # bf16 kernels: rounding, not leakage (leakage moves logits by > 1)
+
+
+def test_packing_refuses_persistent_dataloader_workers(tmp_path, tiny_model, toy_data):
+    trainer_args = {"dataloader_num_workers": 1, "dataloader_persistent_workers": True}
+    cfg = config_file(tmp_path, tiny_model, toy_data, sample_packing=True, trainer_args=trainer_args)
+    result = validate(cfg)
+    assert result.returncode == 2
+    assert (
+        "trainer_args.dataloader_persistent_workers: persistent workers keep the first epoch" in result.stderr
+    )

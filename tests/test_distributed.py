@@ -249,21 +249,24 @@ def test_two_nodes_on_localhost(tiny_model, rows, reference, start_weights, tmp_
     assert_same_model(out, reference, start_weights)
 
 
-def test_ddp_with_sample_packing_matches_one_process(tiny_model, rows, start_weights, tmp_path):
+def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start_weights, tmp_path):
     """Packed rows shard over processes like plain rows: 2 processes x 1 packed row per step ==
-    1 process x 2 rows, same rows, same weights; every rank builds the same packing."""
-    packed = {"sample_packing": True, "sequence_len": 64}
+    1 process x 2 rows, same weights. 12 toy examples of 35-41 tokens make 6 rows of 100 (3 steps per
+    epoch); equal lengths span rows, so the second epoch's re-deal changes which examples share a
+    row, hence step 4's examples, and every process must re-deal as the single process does."""
+    packed = {"sample_packing": True, "sequence_len": 100, "max_train_samples": 12}
+    data = toy_data / "train.jsonl"
     single = tmp_path / "single"
-    cfg = write_yaml(
-        single / "cfg.yml", sgd_config(tiny_model, rows, single / "out", micro_batch_size=2, **packed)
+    config = sgd_config(tiny_model, data, single / "out", micro_batch_size=2, **packed)
+    done = run(
+        [sys.executable, "-m", "trainer.cli.train", str(write_yaml(single / "cfg.yml", config))], cwd=single
     )
-    done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=single)
-    assert "packing: 8 examples -> " in done.stdout
+    assert "packing: 12 examples -> 6 rows" in done.stdout
     reference = weights(single / "out")
     double = tmp_path / "double"
     distributed = {"type": "ddp", "num_processes": 2}
     config = sgd_config(
-        tiny_model, rows, double / "out", micro_batch_size=1, distributed=distributed, **packed
+        tiny_model, data, double / "out", micro_batch_size=1, distributed=distributed, **packed
     )
     run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(double / "cfg.yml", config))], cwd=double)
     assert_saved_once(double / "out")

@@ -6,6 +6,9 @@ out before the forward and logs, with each training loss:
 - `padding_efficiency`: real tokens / tokens the model processed since the previous log;
 - `num_tokens`: real tokens trained on so far, over all processes. TRL's own count sums the
   attention mask, which for a packed 4D mask counts attention pairs, not tokens.
+
+It also moves a packed training set to each epoch's rows at the epoch's start, on every process
+(accelerate forwards `set_epoch` to the dataset only in single-process runs).
 """
 
 from __future__ import annotations
@@ -13,11 +16,26 @@ from __future__ import annotations
 from typing import Any
 
 import trl
+from transformers import TrainerCallback
+
+
+class _EpochRows(TrainerCallback):
+    """Calls `train_dataset.set_epoch(epoch)` before each epoch's dataloader is iterated (state.epoch
+    is then the epoch's index, or the index plus the done share when resuming mid-epoch)."""
+
+    def __init__(self, trainer: trl.SFTTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        set_epoch = getattr(self.trainer.train_dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(int(state.epoch))
 
 
 class SFTTrainer(trl.SFTTrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.add_callback(_EpochRows(self))
         self._real_tokens = 0  # this process, cumulative
         self._processed_tokens = 0
         self._logged = (0, 0)  # all processes, at the previous log

@@ -421,6 +421,14 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("val_set_size", "set val_set_size or test_datasets, not both")
     if c.group_by_length and c.sample_packing:
         bad("group_by_length", "has nothing to group with sample_packing (packed rows are already full)")
+    if c.sample_packing and c.trainer_args.get("dataloader_persistent_workers"):
+        problems.append(
+            Problem(
+                ("trainer_args", "dataloader_persistent_workers"),
+                "persistent workers keep the first epoch's packed rows; sample_packing deals new rows each "
+                "epoch (workers started per epoch get them)",
+            )
+        )
     for i, pattern in enumerate(c.filters.drop_regex):
         try:
             re.compile(pattern)
