@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = {
     "trainer.distributed": [
         "none = plugins.distributed.single:SingleProcess",
         "ddp = plugins.distributed.ddp:Ddp",
+        "fsdp = plugins.distributed.fsdp:Fsdp",
     ],
     "trainer.callbacks": [
         "generation_eval = plugins.callbacks.generation_eval:GenerationEval",

@@ -271,3 +271,22 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
     run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(double / "cfg.yml", config))], cwd=double)
     assert_saved_once(double / "out")
     assert_same_model(double / "out", reference, start_weights)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_fsdp_full_shard_matches_one_process_and_saves_full_weights(
+    tiny_model, rows, reference, start_weights, tmp_path, version
+):
+    """FSDP full_shard on 2 processes (gloo): the same update as one process at the same global
+    batch, and the final save holds every tensor whole (not one rank's shard)."""
+    out = tmp_path / "out"
+    distributed = {"type": "fsdp", "num_processes": 2, "version": version}
+    cfg = write_yaml(tmp_path / "cfg.yml", sgd_config(tiny_model, rows, out, distributed=distributed))
+    done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
+    assert "x processes 2" in done.stdout
+    assert_saved_once(out)
+    saved = weights(out)
+    assert {name: tuple(t.shape) for name, t in saved.items()} == {
+        name: tuple(t.shape) for name, t in start_weights.items()
+    }
+    assert_same_model(out, reference, start_weights)

@@ -1,0 +1,93 @@
+"""`fsdp`: PyTorch Fully Sharded Data Parallel through transformers/accelerate, FSDP2 by default.
+
+    distributed:
+      type: fsdp
+      num_processes: 8
+      version: 2                  # 1 is deprecated in transformers (removed in 5.20)
+      sharding: full_shard        # shard_grad_op; FSDP1 also hybrid_shard, no_shard
+      wrap_layer: null            # default: the model's own decoder-layer classes (_no_split_modules)
+      cpu_offload: false
+      activation_checkpointing: false
+      checkpoint_state_dict: sharded   # checkpoints: sharded (fast) or full; the final save is always full
+
+Every process holds a shard of the weights, gradients and optimizer state. The final model is saved
+consolidated, as one ordinary safetensors model (or PEFT adapter) that `from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from plugins.distributed.launch import Launched, LaunchOptions, has_cuda
+from trainer.api import Contribution
+from trainer.config.schema import TrainConfig
+
+
+class FsdpOptions(LaunchOptions):
+    version: Literal[1, 2] = Field(2, description="FSDP2 (fully_shard, per-parameter DTensor) or FSDP1")
+    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = Field(
+        "full_shard",
+        description="full_shard: weights, grads, optimizer sharded (ZeRO-3-like); shard_grad_op: grads "
+        "and optimizer only (ZeRO-2-like); hybrid_shard: full_shard inside a node, replicated across "
+        "nodes (FSDP1); no_shard: DDP-like (FSDP1)",
+    )
+    wrap_layer: list[str] | None = Field(
+        None, description="Module class names wrapped as units (default: the model's decoder-layer classes)"
+    )
+    cpu_offload: bool = Field(False, description="Keep sharded weights and optimizer state in CPU RAM")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each wrapped layer's activations (instead of gradient_checkpointing)",
+    )
+    checkpoint_state_dict: Literal["sharded", "full"] = Field(
+        "sharded", description="Checkpoints as per-process shards or one full state dict on rank 0"
+    )
+
+
+class Fsdp(Launched):
+    name = "fsdp"
+    Options = FsdpOptions
+
+    @property
+    def opts(self) -> FsdpOptions:
+        return self.options  # type: ignore[return-value]
+
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems = super().check(config)
+        if self.opts.version == 2 and self.opts.sharding in ("hybrid_shard", "no_shard"):
+            problems.append(
+                (
+                    "sharding",
+                    f"'{self.opts.sharding}' needs version: 1 (FSDP2 has full_shard and shard_grad_op)",
+                )
+            )
+        if self.opts.activation_checkpointing and config.gradient_checkpointing:
+            problems.append(
+                ("activation_checkpointing", "set this or the top-level gradient_checkpointing, not both")
+            )
+        return problems
+
+    def fsdp_config(self) -> dict[str, object]:
+        opts = self.opts
+        config: dict[str, object] = {
+            "version": opts.version,
+            "cpu_offload": opts.cpu_offload,
+            "activation_checkpointing": opts.activation_checkpointing,
+            "state_dict_type": "SHARDED_STATE_DICT"
+            if opts.checkpoint_state_dict == "sharded"
+            else "FULL_STATE_DICT",
+        }
+        if opts.version == 2:
+            config["reshard_after_forward"] = opts.sharding == "full_shard"
+        else:
+            config["reshard_after_forward"] = opts.sharding
+            # Broadcasting rank 0's weights needs a GPU in accelerate; every process loads them itself.
+            config["sync_module_states"] = has_cuda()
+        if opts.wrap_layer:
+            config["transformer_layer_cls_to_wrap"] = list(opts.wrap_layer)
+        return config
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        return Contribution(sft_args={"fsdp": True, "fsdp_config": self.fsdp_config()})
