@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = {
         "none = plugins.distributed.single:SingleProcess",
         "ddp = plugins.distributed.ddp:Ddp",
         "fsdp = plugins.distributed.fsdp:Fsdp",
+        "deepspeed = plugins.distributed.deepspeed:DeepSpeed",
     ],
     "trainer.callbacks": [
         "generation_eval = plugins.callbacks.generation_eval:GenerationEval",

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Install trainer with its dev tools (and the qlora and galore extras, whose plugins are tested on
-# CPU) and run the whole test suite (slow multi-process tests too).
+# Install trainer with its dev tools (and the qlora, galore and deepspeed extras, whose plugins are
+# tested on CPU) and run the whole test suite (slow multi-process tests too).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-bash scripts/install.sh dev,qlora,galore  # the adapter tests run QLoRA and GaLore on CPU
+bash scripts/install.sh dev,qlora,galore,deepspeed  # QLoRA, GaLore and DeepSpeed ZeRO run on CPU
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
 "$PYTHON" -m mypy

@@ -168,6 +168,10 @@ class Distributed(Plugin):
         """torchrun arguments that start the processes (used when not already launched)."""
         return []
 
+    def init_processes(self) -> None:
+        """Called in every process of a launched run once its process group is up, before the model
+        loads (DeepSpeed sets up its own communication here, which ZeRO-3 needs to load sharded)."""
+
 
 class Callback(Plugin):
     """Adds `transformers.TrainerCallback`s to the run."""

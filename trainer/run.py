@@ -74,6 +74,8 @@ def train(resolved: Resolved, log: Any = print) -> Built:
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process
     _prepare_output_dir(resolved, main, state.wait_for_everyone)
+    if launched():
+        resolved.distributed.plugin.init_processes()  # type: ignore[attr-defined]
     built = build_trainer(resolved, (merged, args))
     trainer = built.trainer
     if main:

@@ -1,0 +1,126 @@
+"""`deepspeed`: DeepSpeed ZeRO stages 1-3 through transformers' integration.
+
+    distributed:
+      type: deepspeed
+      num_processes: 8
+      stage: 3                      # 1: optimizer state sharded; 2: + gradients; 3: + weights
+      offload_optimizer: none       # cpu | nvme (nvme_path)
+      offload_param: none           # cpu | nvme, stage 3 only
+      config_file: null             # your own DeepSpeed JSON instead; "auto" values are filled in
+
+The DeepSpeed JSON is generated from these keys with batch size, accumulation, clipping and
+precision left "auto" (transformers fills them from the config), and saved as
+`deepspeed_config.json` in output_dir with every value filled. Under ZeRO-3 the model is created
+already partitioned (zero.Init) and the final save gathers the 16-bit weights into one ordinary
+safetensors model (or PEFT adapter).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plugins.distributed.launch import Launched, LaunchOptions, has_cuda
+from trainer.api import Contribution
+from trainer.config.schema import TrainConfig
+
+AUTO = "auto"
+
+
+class DeepSpeedOptions(LaunchOptions):
+    stage: Literal[0, 1, 2, 3] = Field(
+        2, description="ZeRO stage: 1 optimizer state, 2 + gradients, 3 + weights"
+    )
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field(
+        "none", description="Where optimizer state lives"
+    )
+    offload_param: Literal["none", "cpu", "nvme"] = Field("none", description="Where weights live (stage 3)")
+    nvme_path: str | None = Field(None, description="Directory for nvme offload")
+    overlap_comm: bool = Field(True, description="Overlap gradient reduction with backward")
+    contiguous_gradients: bool = Field(
+        True, description="Copy gradients into one buffer as they are produced"
+    )
+    reduce_bucket_size: int | Literal["auto"] = Field(AUTO, description="Elements per reduction bucket")
+    allgather_bucket_size: int | None = Field(None, gt=0, description="Elements per all-gather (stages 1-2)")
+    stage3_prefetch_bucket_size: int | Literal["auto"] = Field(AUTO, description="Stage 3 prefetch elements")
+    stage3_param_persistence_threshold: int | Literal["auto"] = Field(
+        AUTO, description="Stage 3: parameters smaller than this stay whole on every process"
+    )
+    config_file: str | None = Field(None, description="A DeepSpeed JSON to use instead of these keys")
+
+
+class DeepSpeed(Launched):
+    name = "deepspeed"
+    Options = DeepSpeedOptions
+    requires = {"deepspeed": "deepspeed"}
+
+    @property
+    def opts(self) -> DeepSpeedOptions:
+        return self.options  # type: ignore[return-value]
+
+    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems = super().check(config)
+        opts = self.opts
+        if opts.offload_param != "none" and opts.stage != 3:
+            problems.append(
+                ("offload_param", f"offloads weights, which only stage 3 shards (stage is {opts.stage})")
+            )
+        if "nvme" in (opts.offload_param, opts.offload_optimizer) and not opts.nvme_path:
+            problems.append(("nvme_path", "nvme offload needs nvme_path"))
+        if opts.offload_optimizer != "none" and opts.stage == 0:
+            problems.append(("offload_optimizer", "needs stage 1, 2 or 3"))
+        if opts.config_file is not None:
+            try:
+                with open(opts.config_file, encoding="utf-8") as handle:
+                    json.load(handle)
+            except OSError as err:
+                problems.append(("config_file", f"cannot read {opts.config_file}: {err.strerror}"))
+            except ValueError as err:
+                problems.append(("config_file", f"{opts.config_file} is not valid JSON: {err}"))
+        return problems
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        opts = self.opts
+        if opts.config_file is not None:
+            with open(opts.config_file, encoding="utf-8") as handle:
+                loaded: dict[str, Any] = json.load(handle)
+            return loaded
+        zero: dict[str, Any] = {
+            "stage": opts.stage,
+            "overlap_comm": opts.overlap_comm,
+            "contiguous_gradients": opts.contiguous_gradients,
+            "reduce_bucket_size": opts.reduce_bucket_size,
+        }
+        if opts.allgather_bucket_size is not None:
+            zero["allgather_bucket_size"] = opts.allgather_bucket_size
+        for key, device in (
+            ("offload_optimizer", opts.offload_optimizer),
+            ("offload_param", opts.offload_param),
+        ):
+            if device != "none":
+                zero[key] = {"device": device, "pin_memory": True}
+                if device == "nvme":
+                    zero[key]["nvme_path"] = opts.nvme_path
+        if opts.stage == 3:
+            zero["stage3_prefetch_bucket_size"] = opts.stage3_prefetch_bucket_size
+            zero["stage3_param_persistence_threshold"] = opts.stage3_param_persistence_threshold
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        return {
+            "train_micro_batch_size_per_gpu": AUTO,
+            "gradient_accumulation_steps": AUTO,
+            "train_batch_size": AUTO,
+            "gradient_clipping": AUTO,
+            "bf16": {"enabled": AUTO},
+            "fp16": {"enabled": AUTO},
+            "zero_optimization": zero,
+        }
+
+    def init_processes(self) -> None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        return Contribution(sft_args={"deepspeed": self.deepspeed_config()})
