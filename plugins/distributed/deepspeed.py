@@ -9,10 +9,9 @@
       config_file: null             # your own DeepSpeed JSON instead; "auto" values are filled in
 
 The DeepSpeed JSON is generated from these keys with batch size, accumulation, clipping and
-precision left "auto" (transformers fills them from the config), and saved as
-`deepspeed_config.json` in output_dir with every value filled. Under ZeRO-3 the model is created
+precision left "auto" (transformers fills them from the config). Under ZeRO-3 the model is created
 already partitioned (zero.Init) and the final save gathers the 16-bit weights into one ordinary
-safetensors model (or PEFT adapter).
+safetensors model. (Not yet: writing the filled JSON to output_dir, PEFT adapters under ZeRO-3.)
 """
 
 from __future__ import annotations
