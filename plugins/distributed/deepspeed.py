@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, has_cuda
+from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda, is_8bit_optimizer
 from trainer.api import Contribution
 from trainer.config.schema import TrainConfig
 
@@ -70,6 +70,24 @@ class DeepSpeed(Launched):
             problems.append(("nvme_path", "nvme offload needs nvme_path"))
         if opts.offload_optimizer != "none" and opts.stage == 0:
             problems.append(("offload_optimizer", "needs stage 1, 2 or 3"))
+        name, adapter_options = adapter(config)
+        if name == "galore" or config.optimizer.startswith("galore_"):
+            problems.append(
+                "GaLore cannot run under deepspeed: ZeRO wraps and partitions the optimizer state that "
+                "GaLore's projections work on (use distributed: ddp)"
+            )
+        if opts.offload_optimizer != "none" and is_8bit_optimizer(config.optimizer):
+            problems.append(
+                (
+                    "offload_optimizer",
+                    f"offloading runs DeepSpeed's own CPU Adam; it cannot offload '{config.optimizer}' "
+                    "(use optimizer: adamw_torch, or offload_optimizer: none)",
+                )
+            )
+        if opts.stage == 3 and adapter_options.get("load_in_8bit"):
+            problems.append(
+                ("stage", "ZeRO-3 cannot partition an 8-bit (load_in_8bit) base model: use stage 2")
+            )
         if opts.config_file is not None:
             try:
                 with open(opts.config_file, encoding="utf-8") as handle:

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, has_cuda
+from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda
 from trainer.api import Contribution
 from trainer.config.schema import TrainConfig
 
@@ -62,6 +62,11 @@ class Fsdp(Launched):
                     "sharding",
                     f"'{self.opts.sharding}' needs version: 1 (FSDP2 has full_shard and shard_grad_op)",
                 )
+            )
+        if adapter(config)[0] == "galore" or config.optimizer.startswith("galore_"):
+            problems.append(
+                "GaLore cannot run under fsdp: its optimizer projects whole weight matrices, which FSDP "
+                "shards across processes (use distributed: ddp)"
             )
         if self.opts.activation_checkpointing and config.gradient_checkpointing:
             problems.append(

@@ -4,6 +4,8 @@ it starts the processes itself; under torchrun or accelerate launch the launcher
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from trainer.api import Distributed, Options
@@ -28,9 +30,18 @@ class Launched(Distributed):
         return self.options  # type: ignore[return-value]
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems: list[str | tuple[str, str]] = []
         if self.launch.node_rank >= self.launch.nnodes:
-            return [("node_rank", f"{self.launch.node_rank} must be below nnodes ({self.launch.nnodes})")]
-        return []
+            problems.append(
+                ("node_rank", f"{self.launch.node_rank} must be below nnodes ({self.launch.nnodes})")
+            )
+        for key, backend in (("deepspeed", "deepspeed"), ("fsdp", "fsdp")):
+            if config.trainer_args.get(key) and self.name != backend:
+                problems.append(
+                    f"trainer_args.{key} and distributed: {self.name} cannot run together; "
+                    f"use distributed: {backend} for {backend}"
+                )
+        return problems
 
     def world_size(self) -> int:
         return self.launch.num_processes * self.launch.nnodes
@@ -52,3 +63,17 @@ def has_cuda() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def adapter(config: TrainConfig) -> tuple[str | None, dict[str, Any]]:
+    """The configured adapter's name and options block (validated separately by the adapter)."""
+    block = config.adapter
+    if isinstance(block, str):
+        return block, {}
+    name = block.get("type")
+    return (str(name) if isinstance(name, str) else None), {k: v for k, v in block.items() if k != "type"}
+
+
+def is_8bit_optimizer(name: str) -> bool:
+    """bitsandbytes' 8-bit and paged optimizers."""
+    return "8bit" in name or name.startswith(("paged_", "lion_", "rmsprop_bnb", "adamw_bnb_"))
