@@ -90,3 +90,27 @@ def write_yaml(path: Path, config: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def run_api(
+    tmp: Path, config: dict[str, Any], overrides: list[str] | None = None, name: str = "cfg.yml"
+) -> Any:
+    """Write `config` to tmp/name, validate and train it through the Python API without the
+    start/end report; returns the `Built` run."""
+    from trainer.config.validate import load_config
+    from trainer.run import train
+
+    return train(load_config(str(write_yaml(tmp / name, config)), overrides), log=lambda *_: None)
+
+
+def logits_of(model: Any, tokenizer: Any, text: str = "Reverse the word: hello\nAnswer: ") -> Any:
+    """The model's fp32 logits for `text`, in eval mode (its train/eval mode is restored)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    ids = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits.float()
+    model.train(was_training)
+    return out

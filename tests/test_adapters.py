@@ -15,14 +15,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import toy_config, write_yaml  # noqa: E402
+from tests.conftest import logits_of, run_api, toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.outputs import save_final  # noqa: E402
-from trainer.run import train  # noqa: E402
 
-PROMPT = "Reverse the word: hello\nAnswer: "
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -45,16 +43,6 @@ def base_model(path: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-
-
-@torch.no_grad()
-def logits_of(model: Any, tokenizer: Any, text: str = PROMPT) -> Any:
-    was_training = model.training
-    model.eval()
-    ids = tokenizer(text, return_tensors="pt")
-    out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits.float()
-    model.train(was_training)
-    return out
 
 
 def linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
@@ -167,7 +155,7 @@ def test_lora_8bit_base_trains_on_cpu(tiny_model, toy_data, tmp_path):
     pytest.importorskip("bitsandbytes")
     adapter = {"type": "lora", "r": R, "target_modules": ["q_proj", "v_proj"], "load_in_8bit": True}
     config = config_for(tiny_model, toy_data / "train.jsonl", tmp_path / "out", adapter=adapter, max_steps=2)
-    built = train(load_config(str(write_yaml(tmp_path / "cfg.yml", config))), log=lambda *_: None)
+    built = run_api(tmp_path, config)
     layer = built.trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert type(layer).__name__ == "Linear8bitLt"
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
@@ -197,7 +185,7 @@ def test_new_tokens_train_under_lora_and_reload(tiny_model, tmp_path):
         special_tokens={"pad_token": "<pad>"},
         max_steps=4,
     )
-    built = train(load_config(str(write_yaml(tmp_path / "cfg.yml", config))), log=lambda *_: None)
+    built = run_api(tmp_path, config)
     model = built.trainer.model
     base_rows = base_model(tiny_model).get_input_embeddings().weight.shape[0]
 

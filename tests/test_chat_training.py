@@ -8,10 +8,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, write_yaml
-from trainer.config.validate import load_config
+from tests.conftest import REPO, run_api
 from trainer.data.encode import IGNORE
-from trainer.run import train
 
 
 def test_chat_example_trains_assistant_turns_and_saves_its_template(
@@ -36,7 +34,7 @@ def test_chat_example_trains_assistant_turns_and_saves_its_template(
     )
     config["datasets"][0]["path"] = str(toy_data / "chat_train.jsonl")
     config["test_datasets"][0]["path"] = str(toy_data / "chat_eval.jsonl")
-    built = train(load_config(str(write_yaml(tmp_path / "cfg.yml", config))), log=lambda *_: None)
+    built = run_api(tmp_path, config)
 
     tokenizer = built.tokenizer
     row = built.train_dataset[0]

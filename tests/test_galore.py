@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("galore_torch")
 
-from tests.conftest import toy_config, write_yaml  # noqa: E402
+from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
 from trainer.build import plan  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
@@ -41,10 +41,6 @@ def line_of(path: Path, key: str) -> str:
     """'FILE:LINE' of a top-level key in a written config."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return f"{path}:{next(i for i, text in enumerate(lines, 1) if text.startswith(key + ':'))}"
-
-
-def run(tmp: Path, config: dict[str, Any]):
-    return train(load_config(str(write_yaml(tmp / "cfg.yml", config))), log=lambda *_: None)
 
 
 def initial_weights(model_dir: Path) -> dict[str, Any]:
@@ -76,7 +72,7 @@ def losses(built: Any) -> list[float]:
 
 def test_galore_adamw_projects_attention_and_mlp_states(tiny_model, toy_data, tmp_path) -> None:
     before = initial_weights(tiny_model)
-    built = run(tmp_path, galore_config(tiny_model, toy_data, tmp_path / "out"))  # default targets
+    built = run_api(tmp_path, galore_config(tiny_model, toy_data, tmp_path / "out"))  # default targets
 
     assert type(built.trainer.optimizer.optimizer).__module__.startswith("galore_torch")
     assert built.args.optim_target_modules == [".*attn.*", ".*attention.*", ".*mlp.*"]
@@ -109,7 +105,7 @@ def test_layerwise_variant_with_substring_targets(tiny_model, toy_data, tmp_path
     config = galore_config(
         tiny_model, toy_data, tmp_path / "out", optimizer="galore_adamw_layerwise", target_modules=["mlp"]
     )
-    built = run(tmp_path, config)
+    built = run_api(tmp_path, config)
 
     assert type(built.trainer.optimizer.optimizer).__name__ == "LayerWiseDummyOptimizer"
     states = states_by_name(built)
@@ -124,7 +120,7 @@ def test_layerwise_variant_with_substring_targets(tiny_model, toy_data, tmp_path
 def test_galore_adafactor_factored_state_is_low_rank(tiny_model, toy_data, tmp_path) -> None:
     config = galore_config(tiny_model, toy_data, tmp_path / "out", optimizer="galore_adafactor")
     config["max_steps"] = 2
-    built = run(tmp_path, config)
+    built = run_api(tmp_path, config)
 
     state = states_by_name(built)["model.layers.0.mlp.down_proj.weight"]  # 256 x 768 -> 8 x 768
     assert tuple(state["exp_avg_sq_row"].shape) == (RANK,)

@@ -20,10 +20,8 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import REPO, write_yaml  # noqa: E402
+from tests.conftest import REPO, run_api  # noqa: E402
 from trainer.cli.merge import main as merge_main  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
-from trainer.run import train  # noqa: E402
 
 TEXTS = ["Reverse the word: hello\nAnswer: ", "abc xyz 123", "The quick brown fox"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -167,7 +165,7 @@ def lora_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPath
         "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
         "output_dir": str(out),
     }
-    train(load_config(str(write_yaml(tmp / "cfg.yml", config))), log=lambda *_: None)
+    run_api(tmp, config)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, toy_config, write_yaml
+from tests.conftest import REPO, run_api, toy_config, write_yaml
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import OPTIMIZERS
 from trainer.config.validate import load_config, optimizer_requirements
@@ -139,18 +139,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def train_run(tmp: Path, config: dict[str, Any]) -> Any:
-    from trainer.run import train
-
-    return train(load_config(str(write_yaml(tmp / "cfg.yml", config))), log=lambda *_: None)
-
-
 @pytest.mark.parametrize("optimizer", CPU_OPTIMIZERS)
 def test_optimizer_trains_two_steps_on_cpu(optimizer, one_thread, tiny_model, toy_data, tmp_path) -> None:
     torch = one_thread
     if "8bit" in optimizer or optimizer.startswith("paged_"):
         pytest.importorskip("bitsandbytes")
-    built = train_run(tmp_path, config_for(tiny_model, toy_data, tmp_path / "out", optimizer=optimizer))
+    built = run_api(tmp_path, config_for(tiny_model, toy_data, tmp_path / "out", optimizer=optimizer))
 
     inner = built.trainer.optimizer.optimizer
     expected = {"adafactor": "Adafactor", "sgd": "SGD", "lion_8bit": "Lion"}.get(optimizer, "AdamW")
@@ -215,8 +209,8 @@ def test_bf16_on_cpu_trains_under_cpu_autocast(one_thread, tiny_model, toy_data,
     if accelerator_type() is not None:
         pytest.skip("documents a machine without a GPU")
     config = config_for(tiny_model, toy_data, tmp_path / "fp32", max_steps=1)
-    fp32 = train_run(tmp_path / "a", config)
-    bf16 = train_run(tmp_path / "b", {**config, "bf16": True, "output_dir": str(tmp_path / "bf16")})
+    fp32 = run_api(tmp_path / "a", config)
+    bf16 = run_api(tmp_path / "b", {**config, "bf16": True, "output_dir": str(tmp_path / "bf16")})
 
     accelerator = bf16.trainer.accelerator
     assert accelerator.mixed_precision == "bf16" and accelerator.native_amp  # torch.autocast("cpu", bf16)

@@ -13,12 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import toy_config, write_yaml  # noqa: E402
+from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
 from trainer.build import collated_datasets, packed_inputs_for  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.data.collate import Collator  # noqa: E402
 from trainer.data.packing import PackedDataset, PackingPlan  # noqa: E402
-from trainer.run import train  # noqa: E402
 
 ISOLATION_ATOL = 1e-4
 
@@ -238,18 +237,16 @@ def weight_change(built: Any, base: Path) -> dict[str, Any]:
     return {name: after[name].float() - before[name] for name in before if name in after}
 
 
-def run(tmp: Path, name: str, config: dict[str, Any]) -> Any:
-    return train(load_config(str(write_yaml(tmp / f"{name}.yml", config))), log=lambda *_: None)
-
-
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_one_step_with_packing_has_the_gradients_and_loss_of_one_without(tiny_model, tmp_path, attention):
     data = varied_data(tmp_path / "varied.jsonl")
-    plain = run(tmp_path, "plain", one_step_config(tiny_model, data, tmp_path / "plain", attention=attention))
+    plain = run_api(
+        tmp_path, one_step_config(tiny_model, data, tmp_path / "plain", attention=attention), name="plain.yml"
+    )
     packed_config = one_step_config(
         tiny_model, data, tmp_path / "packed", attention=attention, sample_packing=True
     )
-    packed = run(tmp_path, "packed", packed_config)
+    packed = run_api(tmp_path, packed_config, name="packed.yml")
     assert len(packed.train_dataset) <= 48 / 2  # rows really hold several examples
     plain_delta, packed_delta = weight_change(plain, tiny_model), weight_change(packed, tiny_model)
     worst = max((plain_delta[n] - packed_delta[n]).abs().max().item() for n in plain_delta)
@@ -269,7 +266,7 @@ def test_packed_training_learns_logs_efficiency_and_repacks_each_epoch(tiny_mode
         sequence_len=256, max_train_samples=400, max_steps=None, num_epochs=2, micro_batch_size=2,
         sample_packing=True, logging_steps=2, val_set_size=40, eval_batch_size=64,
     )  # fmt: skip
-    built = run(tmp_path, "cfg", config)
+    built = run_api(tmp_path, config)
     rows = len(built.train_dataset)
     assert rows < 360 / 5
     history = built.trainer.state.log_history
@@ -292,11 +289,11 @@ def test_packed_eval_loss_equals_unpacked_eval_loss(tiny_model, tmp_path):
     """With the whole eval set in one batch, both give the mean over all its trainable tokens."""
     data = varied_data(tmp_path / "varied.jsonl")
     common = {"val_set_size": 16, "eval_batch_size": 64, "max_steps": 1, "learning_rate": 1e-9}
-    plain = run(tmp_path, "plain", one_step_config(tiny_model, data, tmp_path / "a", **common))
-    packed = run(
+    plain = run_api(tmp_path, one_step_config(tiny_model, data, tmp_path / "a", **common), name="plain.yml")
+    packed = run_api(
         tmp_path,
-        "packed",
         one_step_config(tiny_model, data, tmp_path / "b", eval_sample_packing=True, **common),
+        name="packed.yml",
     )
     assert plain.trainer.args.eval_strategy != "no"
     first = {
@@ -310,9 +307,13 @@ def test_packed_eval_loss_equals_unpacked_eval_loss(tiny_model, tmp_path):
 def test_group_by_length_batches_similar_lengths(tiny_model, tmp_path):
     data = varied_data(tmp_path / "varied.jsonl", rows=96)
     common = {"micro_batch_size": 8, "max_steps": 12, "max_train_samples": None, "sequence_len": 128}
-    random_order = run(tmp_path, "random", toy_config(tiny_model, data, tmp_path / "a", **common))
-    grouped = run(
-        tmp_path, "grouped", toy_config(tiny_model, data, tmp_path / "b", group_by_length=True, **common)
+    random_order = run_api(
+        tmp_path, toy_config(tiny_model, data, tmp_path / "a", **common), name="random.yml"
+    )
+    grouped = run_api(
+        tmp_path,
+        toy_config(tiny_model, data, tmp_path / "b", group_by_length=True, **common),
+        name="grouped.yml",
     )
 
     def mean_efficiency(built: Any) -> float:
@@ -330,7 +331,7 @@ def test_group_by_length_batches_similar_lengths(tiny_model, tmp_path):
 
 def test_pad_to_sequence_len_gives_fixed_shapes(tiny_model, toy_data, tmp_path):
     config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", pad_to_sequence_len=True)
-    built = train(load_config(str(write_yaml(tmp_path / "c.yml", config))), log=lambda *_: None)
+    built = run_api(tmp_path, config, name="c.yml")
     batch = next(iter(built.trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (8, 48)
     efficiency = [

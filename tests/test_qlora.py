@@ -18,10 +18,9 @@ import yaml
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
-from tests.conftest import toy_config, write_yaml  # noqa: E402
+from tests.conftest import logits_of, run_api, toy_config  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
-from trainer.run import train  # noqa: E402
 
 R = 8
 
@@ -30,20 +29,6 @@ def qlora_config(model: Path, data: Path, output_dir: Path, **overrides: Any) ->
     adapter = {"type": "qlora", "r": R, "alpha": 16, "dropout": 0.0}
     settings = {"max_train_samples": 160, "max_steps": 20, "adapter": adapter}
     return toy_config(model, data, output_dir, **{**settings, **overrides})
-
-
-def run(tmp: Path, config: dict[str, Any]):
-    return train(load_config(str(write_yaml(tmp / "cfg.yml", config))), log=lambda *_: None)
-
-
-@torch.no_grad()
-def logits_of(model: Any, tokenizer: Any, text: str = "Reverse the word: hello\nAnswer: ") -> Any:
-    was_training = model.training
-    model.eval()
-    ids = tokenizer(text, return_tensors="pt")
-    out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits.float()
-    model.train(was_training)
-    return out
 
 
 def quantized_base(model_dir: Path, output_dir: Path) -> Any:
@@ -79,7 +64,7 @@ def train_losses(output_dir: Path) -> list[float]:
 def nf4_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("qlora")
     out = tmp / "out"
-    built = run(tmp, qlora_config(tiny_model, toy_data / "train.jsonl", out))
+    built = run_api(tmp, qlora_config(tiny_model, toy_data / "train.jsonl", out))
     return built, out
 
 
@@ -197,7 +182,7 @@ def test_fp4_with_gradient_checkpointing(tiny_model, toy_data, tmp_path):
     config = qlora_config(
         tiny_model, toy_data / "train.jsonl", out, adapter=adapter, max_steps=3, gradient_checkpointing=True
     )
-    built = run(tmp_path, config)
+    built = run_api(tmp_path, config)
     layers = four_bit_layers(built.trainer.model)
     assert layers and all(layer.weight.quant_type == "fp4" for layer in layers.values())
     assert not any(layer.weight.quant_state.nested for layer in layers.values())
@@ -210,7 +195,7 @@ def test_bf16_run_computes_in_bfloat16(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
     adapter = {"type": "qlora", "r": 4, "target_modules": ["v_proj"], "quant_storage": "bfloat16"}
     config = qlora_config(tiny_model, toy_data / "train.jsonl", out, adapter=adapter, max_steps=2, bf16=True)
-    built = run(tmp_path, config)
+    built = run_api(tmp_path, config)
     layers = four_bit_layers(built.trainer.model)
     assert layers and all(layer.compute_dtype == torch.bfloat16 for layer in layers.values())  # from bf16
     assert all(layer.weight.dtype == torch.bfloat16 for layer in layers.values())  # quant_storage

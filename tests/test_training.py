@@ -20,18 +20,13 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import toy_config, write_yaml  # noqa: E402
+from tests.conftest import logits_of, run_api, toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.run import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 300
-
-
-def run_api(tmp: Path, config: dict[str, Any], overrides: list[str] | None = None, name: str = "cfg.yml"):
-    """Validate + train through the Python API; returns the `Built` run."""
-    return train(load_config(str(write_yaml(tmp / name, config)), overrides), log=lambda *_: None)
 
 
 def cli_env() -> dict[str, str]:
@@ -68,16 +63,6 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:
                 stat.st_mtime_ns,
                 hashlib.sha256(path.read_bytes()).hexdigest(),
             )
-    return out
-
-
-@torch.no_grad()
-def logits_of(model: Any, tokenizer: Any, text: str = "Reverse the word: hello\nAnswer: ") -> Any:
-    was_training = model.training
-    model.eval()
-    ids = tokenizer(text, return_tensors="pt")
-    out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits.float()
-    model.train(was_training)
     return out
 
 
