@@ -14,6 +14,7 @@ from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.config.validate import Resolved, sft_config_fields
 from trainer.data.collate import PackedInputs
+from trainer.precision import accelerator_type
 
 
 @dataclass
@@ -122,7 +123,7 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         args["neftune_noise_alpha"] = config.neftune_noise_alpha
     if config.group_by_length:
         args["train_sampling_strategy"] = "group_by_length"  # reads the `length` column
-    if not _has_accelerator():
+    if accelerator_type() is None:
         # Tell accelerate this is a CPU run. Without it, under torchrun on CPU accelerate starts a
         # gloo process group but treats the run as not distributed: no DDP wrapper, no gradient
         # all-reduce, every process silently trains its own model.
@@ -136,13 +137,6 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     if config.metric_for_best_model is not None:
         args["metric_for_best_model"] = config.metric_for_best_model
     return args
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
-    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
 def sft_config(config: TrainConfig, merged: Merged) -> Any:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from trainer.api import Distributed, Options
 from trainer.config.schema import TrainConfig
+from trainer.config.validate import plugin_name
 
 
 class LaunchOptions(Options):
@@ -68,10 +69,8 @@ def has_cuda() -> bool:
 def adapter(config: TrainConfig) -> tuple[str | None, dict[str, Any]]:
     """The configured adapter's name and options block (validated separately by the adapter)."""
     block = config.adapter
-    if isinstance(block, str):
-        return block, {}
-    name = block.get("type")
-    return (str(name) if isinstance(name, str) else None), {k: v for k, v in block.items() if k != "type"}
+    options = {k: v for k, v in block.items() if k != "type"} if isinstance(block, dict) else {}
+    return plugin_name(block), options
 
 
 def is_8bit_optimizer(name: str) -> bool:

@@ -447,7 +447,7 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("optimizer", message)
     low_rank = c.optimizer.startswith(("galore_", "apollo_"))
     if low_rank and "optim_target_modules" not in c.trainer_args:
-        if c.optimizer.startswith("galore_") and _plugin_name(c.adapter) != "galore":
+        if c.optimizer.startswith("galore_") and plugin_name(c.adapter) != "galore":
             bad(
                 "optimizer",
                 f"'{c.optimizer}' projects the gradients of chosen modules: use adapter: galore "
@@ -473,7 +473,8 @@ def _packing_checks(config: TrainConfig, attention: Chosen | None) -> list[Probl
     ]
 
 
-def _plugin_name(block: Any) -> str | None:
+def plugin_name(block: Any) -> str | None:
+    """The plugin a config block names (`lora` or `{type: lora, ...}`), or None when malformed."""
     if isinstance(block, str):
         return block
     if isinstance(block, dict) and isinstance(block.get("type"), str):

@@ -43,42 +43,40 @@ class Collator:
             return self._flattened(features)
         return self._packed_rows(features)
 
-    def _width(self, longest: int) -> int:
-        return max(longest, self.pad_to or 0)
+    def _padded(self, features: list[dict[str, Any]]) -> tuple[Any, Any, list[int]]:
+        """Each row's input_ids and labels right-padded to one width (the longest row, or `pad_to`),
+        and the rows' real lengths."""
+        import torch
+
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(max(lengths), self.pad_to or 0)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        for row, (feature, n) in enumerate(zip(features, lengths, strict=True)):
+            ids[row, :n] = torch.tensor(feature["input_ids"])
+            labels[row, :n] = torch.tensor(feature["labels"])
+        return ids, labels, lengths
 
     def _plain(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        width = self._width(max(len(f["input_ids"]) for f in features))
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            ids[row, :n] = torch.tensor(feature["input_ids"])
-            labels[row, :n] = torch.tensor(feature["labels"])
-            mask[row, :n] = 1
-        real = sum(len(f["input_ids"]) for f in features)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_real_tokens": real}
+        ids, labels, lengths = self._padded(features)
+        mask = (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]).long()
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_real_tokens": sum(lengths)}
 
     def _packed_rows(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        width = self._width(max(len(f["input_ids"]) for f in features))
-        rows = len(features)
-        ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((rows, width), -100, dtype=torch.long)
-        positions = torch.zeros((rows, width), dtype=torch.long)
-        segments = torch.zeros((rows, width), dtype=torch.long)
+        ids, labels, real_lengths = self._padded(features)
+        width = ids.shape[1]
+        positions = torch.zeros_like(ids)
+        segments = torch.zeros_like(ids)
         for row, feature in enumerate(features):
             lengths = _with_padding(feature["seq_lengths"], width)
-            n = len(feature["input_ids"])
-            ids[row, :n] = torch.tensor(feature["input_ids"])
-            labels[row, :n] = torch.tensor(feature["labels"])
             positions[row] = _restarting_positions(lengths)
             segments[row] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
         labels[positions == 0] = -100
-        real = sum(len(f["input_ids"]) for f in features)
+        real = sum(real_lengths)
         batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "num_real_tokens": real}
         if self.packed_inputs == "position_ids_rows":
             return batch
