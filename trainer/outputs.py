@@ -65,7 +65,7 @@ def save_final(trainer: Any, output_dir: str) -> None:
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(staging)
+    _save_model(trainer, staging)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         for name in os.listdir(staging):
@@ -73,3 +73,31 @@ def save_final(trainer: Any, output_dir: str) -> None:
         os.rmdir(staging)
         trainer.save_state()
     trainer.accelerator.wait_for_everyone()
+
+
+def _save_model(trainer: Any, directory: str) -> None:
+    """The whole model (or PEFT adapter) from every process's part. Under FSDP transformers saves
+    nothing while checkpoints are sharded, so the final save gathers a full state dict."""
+    from trainer import cpu_fsdp
+
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(directory)
+        return
+    if cpu_fsdp.needs_fsdp1_gather(trainer):
+        state_dict = cpu_fsdp.fsdp1_full_state_dict(trainer)
+        if trainer.is_world_process_zero():
+            trainer._save(directory, state_dict=state_dict)
+        return
+    plugin = trainer.accelerator.state.fsdp_plugin
+    previous = plugin.state_dict_type
+    _use_state_dict_type(plugin, "FULL_STATE_DICT")
+    try:
+        trainer.save_model(directory)
+    finally:
+        _use_state_dict_type(plugin, previous)
+
+
+def _use_state_dict_type(plugin: Any, kind: Any) -> None:
+    # accelerate keeps an existing (e.g. sharded) state-dict config when the type changes.
+    plugin.state_dict_config = plugin.optim_state_dict_config = None
+    plugin.set_state_dict_type(kind)

@@ -7,8 +7,9 @@ out before the forward and logs, with each training loss:
 - `num_tokens`: real tokens trained on so far, over all processes. TRL's own count sums the
   attention mask, which for a packed 4D mask counts attention pairs, not tokens.
 
-It also moves a packed training set to each epoch's rows at the epoch's start, on every process
-(accelerate forwards `set_epoch` to the dataset only in single-process runs).
+It moves a packed training set to each epoch's rows at the epoch's start, on every process
+(accelerate forwards `set_epoch` to the dataset only in single-process runs), and on CPU it makes
+`fsdp` runs really shard (see trainer.cpu_fsdp).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import trl
 from transformers import TrainerCallback
+
+from trainer import cpu_fsdp
 
 
 class _EpochRows(TrainerCallback):
@@ -39,6 +42,10 @@ class SFTTrainer(trl.SFTTrainer):
         self._real_tokens = 0  # this process, cumulative
         self._processed_tokens = 0
         self._logged = (0, 0)  # all processes, at the previous log
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        cpu_fsdp.engage(self)  # accelerate has no FSDP on CPU by itself
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         real = inputs.pop("num_real_tokens", None)
