@@ -78,13 +78,13 @@ def save_final(trainer: Any, output_dir: str) -> None:
 def _save_model(trainer: Any, directory: str) -> None:
     """The whole model (or PEFT adapter) from every process's part. Under FSDP transformers saves
     nothing while checkpoints are sharded, so the final save gathers a full state dict."""
-    from trainer import cpu_fsdp
+    from trainer import fsdp_support
 
     if not trainer.is_fsdp_enabled:
         trainer.save_model(directory)
         return
-    if cpu_fsdp.needs_fsdp1_gather(trainer):
-        state_dict = cpu_fsdp.fsdp1_full_state_dict(trainer)
+    if fsdp_support.needs_fsdp1_gather(trainer):
+        state_dict = fsdp_support.fsdp1_full_state_dict(trainer)
         if trainer.is_world_process_zero():
             trainer._save(directory, state_dict=state_dict)
         return

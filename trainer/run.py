@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+from trainer import parallel
 from trainer.build import Built, build_trainer, plan
 from trainer.config.errors import ConfigErrors
 from trainer.config.validate import Resolved
@@ -81,6 +82,7 @@ def train(resolved: Resolved, log: Any = print) -> Built:
     if main:
         for line in start_report(built, state.num_processes):
             log(line)
+    parallel.report_at_start(trainer, log)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint or None)
     save_final(trainer, config.output_dir)
     if main:

@@ -9,7 +9,7 @@ out before the forward and logs, with each training loss:
 
 It moves a packed training set to each epoch's rows at the epoch's start, on every process
 (accelerate forwards `set_epoch` to the dataset only in single-process runs), and on CPU it makes
-`fsdp` runs really shard (see trainer.cpu_fsdp).
+`fsdp` runs shard as configured (see trainer.fsdp_support).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import trl
 from transformers import TrainerCallback
 
-from trainer import cpu_fsdp
+from trainer import fsdp_support
 
 
 class _EpochRows(TrainerCallback):
@@ -45,7 +45,7 @@ class SFTTrainer(trl.SFTTrainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        cpu_fsdp.engage(self)  # accelerate has no FSDP on CPU by itself
+        fsdp_support.engage(self)  # FSDP on CPU and FSDP1 sharding (accelerate gaps)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         real = inputs.pop("num_real_tokens", None)

@@ -1,6 +1,10 @@
-"""FSDP without a GPU: what accelerate lacks for `distributed: fsdp` on CPU processes (gloo).
+"""What accelerate (1.16) lacks or gets wrong for `distributed: fsdp`, mended after the Accelerator is
+built (`engage`) and at the final save.
 
-accelerate (1.16) turns FSDP on only for accelerator devices: on CPU its state stays MULTI_CPU and
+- FSDP1's sharding: accelerate fills the deprecated `sharding_strategy` with FULL_SHARD and then
+  prefers it to `reshard_after_forward`, where transformers puts the configured strategy, so
+  shard_grad_op / hybrid_shard / no_shard silently ran as full_shard. The plugin gets the strategy.
+- CPU: accelerate turns FSDP on only for accelerator devices: on CPU its state stays MULTI_CPU and
 the model is silently wrapped in plain DDP. PyTorch's FSDP1 and FSDP2 themselves train on CPU with
 gloo, so after the Accelerator is built this module switches its state to FSDP with the plugin
 transformers made from `fsdp_config`, as accelerate does on a GPU. PyTorch's FSDP1 full-state-dict
@@ -14,14 +18,28 @@ from typing import Any
 
 
 def engage(trainer: Any) -> None:
-    """Make a CPU run that asked for FSDP (`fsdp_plugin_args`) really run FSDP."""
+    """Make a run that asked for FSDP (`fsdp_plugin_args`) run the FSDP it asked for."""
+    if trainer.args.fsdp_plugin_args is None:
+        return
+    if not trainer.is_fsdp_enabled:
+        _engage_on_cpu(trainer)
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and plugin.fsdp_version == 1:
+        from torch.distributed.fsdp import ShardingStrategy
+
+        wanted = plugin.reshard_after_forward  # a ShardingStrategy (or its name) under FSDP1
+        if isinstance(wanted, str):
+            wanted = ShardingStrategy[wanted.upper()]
+        if isinstance(wanted, ShardingStrategy):
+            plugin.sharding_strategy = wanted
+
+
+def _engage_on_cpu(trainer: Any) -> None:
     import torch
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state
-    if trainer.args.fsdp_plugin_args is None or trainer.is_fsdp_enabled:
-        return
     if state.distributed_type != DistributedType.MULTI_CPU:
         return
     state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
@@ -42,9 +60,13 @@ def needs_fsdp1_gather(trainer: Any) -> bool:
 
 def fsdp1_full_state_dict(trainer: Any) -> dict[str, Any]:
     """Every process joins; returns the whole, unsharded weights (on every process)."""
+    from contextlib import nullcontext
+
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
 
     model = trainer.model_wrapped
+    whole = trainer.accelerator.state.fsdp_plugin.sharding_strategy == ShardingStrategy.NO_SHARD
     wrappers = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
     def clean(name: str) -> str:
@@ -52,7 +74,8 @@ def fsdp1_full_state_dict(trainer: Any) -> dict[str, Any]:
             name = name.replace(wrapper, "")
         return name
 
-    with FSDP.summon_full_params(model, writeback=False):
+    # no_shard keeps whole weights on every process (and summon_full_params fails on it)
+    with nullcontext() if whole else FSDP.summon_full_params(model, writeback=False):
         tensors = {clean(n): p.detach().clone() for n, p in model.named_parameters()}
         for prefix, module in model.named_modules():
             for name, buffer in module._buffers.items():
