@@ -5,19 +5,24 @@ Also usable from Python: `train(load_config("cfg.yml"))` returns the `Built` run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from trainer import parallel
 from trainer.build import Built, build_trainer, plan
-from trainer.config.errors import ConfigErrors
+from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.validate import Resolved
 from trainer.outputs import check_output_dir, clear_previous_run, save_final, write_resolved
 
 CHECKED_ENV = "TRAINER_OUTPUT_DIR_CHECKED"
+PREPARED_ENV = "TRAINER_PREPARED_DATA"
+"""Set by the train command for the processes it starts: where it prepared the data for them."""
 
 
 def launched() -> bool:
@@ -30,29 +35,76 @@ def check_machine(resolved: Resolved) -> None:
     CUDA-only optimizers (see trainer.precision)."""
     from trainer.precision import check_start
 
-    problems = check_start(resolved.config)
+    problems = [*check_start(resolved.config), *check_processes(resolved)]
     for problem in problems:
         problem.where = problem.where or resolved.source.where(problem.path)
     if problems:
         raise ConfigErrors(problems)
 
 
-def relaunch(resolved: Resolved, argv: list[str]) -> int:
-    """Start the configured number of processes with torchrun, running the same command."""
+def check_processes(resolved: Resolved) -> list[Problem]:
+    """One process per GPU at most (a CPU machine runs any number of gloo processes)."""
+    import torch
+
+    from plugins.distributed.launch import too_many_processes
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if launched():
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    else:
+        per_node = getattr(resolved.distributed.plugin.options, "num_processes", 1)
+    reason = too_many_processes(per_node, gpus)
+    return [Problem(("distributed", "num_processes"), reason)] if reason else []
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # before the started processes write to the same stream
+
+
+def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
+    """Start the configured number of processes with torchrun, running the same command. The data
+    is prepared here first, once, so no process waits on a barrier while another tokenizes."""
     config = resolved.config
+    plugin = resolved.distributed.plugin
+    given = {str(path[1]) for path in resolved.source.overrides if len(path) > 1 and path[0] == "distributed"}
+    for note in plugin.apply_environment(os.environ, given):  # type: ignore[attr-defined]
+        log(f"distributed.{note}")
     check_machine(resolved)  # once, here, rather than once per process
     # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
     # be output_dir/config.resolved.yml, which the processes still have to read. The main process
     # clears it once every process has read its config (_prepare_output_dir).
     check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
-    launcher = resolved.distributed.plugin.launcher_args()  # type: ignore[attr-defined]
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
-    print("launching: " + " ".join(command), flush=True)
-    return subprocess.call(command, env={**os.environ, CHECKED_ENV: "1"})
+    prepared_root = config.dataset_prepared_path or tempfile.mkdtemp(prefix="trainer-prepared-")
+    try:
+        prepare_data(resolved, prepared_root, log)
+        launcher = plugin.launcher_args()  # type: ignore[attr-defined]
+        command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
+        log("launching: " + " ".join(command))
+        env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root}
+        return subprocess.call(command, env=env)
+    finally:
+        if config.dataset_prepared_path is None:
+            shutil.rmtree(prepared_root, ignore_errors=True)
+
+
+def prepare_data(resolved: Resolved, root: str, log: Any) -> None:
+    """Format, tokenize and cache the datasets under `root` (as `preprocess` does)."""
+    from trainer.build import load_tokenizer
+    from trainer.data.pipeline import build_datasets
+
+    with_root = with_prepared_path(resolved, root)
+    prepared = build_datasets(with_root, load_tokenizer(with_root.config))
+    log(f"data prepared once for every process: {prepared.cache_dir}")
+
+
+def with_prepared_path(resolved: Resolved, root: str) -> Resolved:
+    config = resolved.config.model_copy(update={"dataset_prepared_path": root})
+    return dataclasses.replace(resolved, config=config)
 
 
 def wants_relaunch(resolved: Resolved) -> bool:
-    return resolved.distributed.plugin.world_size() > 1 and not launched()  # type: ignore[attr-defined]
+    """A multi-process backend (even with one process) started outside any launcher."""
+    return bool(resolved.distributed.plugin.launcher_args()) and not launched()  # type: ignore[attr-defined]
 
 
 def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
@@ -69,12 +121,16 @@ def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
 
 def train(resolved: Resolved, log: Any = print) -> Built:
     """Run training for a resolved config and save the outputs; returns the built run."""
+    as_written = resolved  # what config.resolved.yml records
+    prepared_root = os.environ.get(PREPARED_ENV)
+    if launched() and prepared_root and resolved.config.dataset_prepared_path is None:
+        resolved = with_prepared_path(resolved, prepared_root)  # the launcher prepared the data
     config = resolved.config
     check_machine(resolved)  # precision flags and device-bound optimizers, before building anything
     merged, args = plan(resolved)  # fails fast on bad trainer_args or conflicting plugins
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process
-    _prepare_output_dir(resolved, main, state.wait_for_everyone)
+    _prepare_output_dir(as_written, main, state.wait_for_everyone)
     if launched():
         resolved.distributed.plugin.init_processes()  # type: ignore[attr-defined]
     built = build_trainer(resolved, (merged, args))

@@ -8,7 +8,7 @@ adapter:
   quant_type: nf4       # or fp4
   double_quant: true    # quantize the quantization constants too (~0.4 bit/param less)
   compute_dtype: null   # null: bfloat16 with bf16, float16 with fp16, else float32
-  quant_storage: uint8  # the packed weights' dtype (FSDP needs it equal to the model's dtype)
+  quant_storage: null   # the packed weights' dtype; null: uint8, or the compute dtype under fsdp
 
 8-bit loading is not this adapter's business: it is `lora`'s `load_in_8bit`.
 """
@@ -22,6 +22,7 @@ from pydantic import Field
 from plugins.adapters.lora import Lora, LoraOptions
 from trainer.api import Contribution
 from trainer.config.schema import TrainConfig
+from trainer.config.validate import plugin_name
 
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -37,9 +38,20 @@ class QLoraOptions(LoraOptions):
         description="Dtype the dequantized weights are multiplied in; "
         "null: bfloat16 with bf16, float16 with fp16, else float32",
     )
-    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
-        "uint8", description="Dtype the packed 4-bit weights are stored in (FSDP wants the model's dtype)"
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] | None = Field(
+        None,
+        description="Dtype the packed 4-bit weights are stored in; null: uint8, or under distributed: "
+        "fsdp the compute dtype, so that FSDP shards them with the other weights",
     )
+
+
+def resolved_quant_storage(options: QLoraOptions, config: TrainConfig) -> str:
+    """The packed weights' dtype: the option when set; under FSDP the compute dtype, else uint8."""
+    if options.quant_storage is not None:
+        return options.quant_storage
+    if plugin_name(config.distributed) == "fsdp":
+        return resolved_compute_dtype(options, config)
+    return "uint8"
 
 
 def resolved_compute_dtype(options: QLoraOptions, config: TrainConfig) -> ComputeDtype:
@@ -82,6 +94,15 @@ class QLora(Lora):
             problems.append(
                 ("compute_dtype", f"'{dtype}' needs {need}, but the config sets {now} (or leave it unset)")
             )
+        storage = resolved_quant_storage(opts, config)
+        if plugin_name(config.distributed) == "fsdp" and storage != resolved_compute_dtype(opts, config):
+            problems.append(
+                (
+                    "quant_storage",
+                    f"FSDP shards weights of one dtype; store the 4-bit weights as the compute dtype "
+                    f"'{resolved_compute_dtype(opts, config)}', not '{storage}' (or leave it unset)",
+                )
+            )
         return problems
 
     def bnb_config(self, config: TrainConfig) -> Any:
@@ -94,7 +115,7 @@ class QLora(Lora):
             bnb_4bit_quant_type=opts.quant_type,
             bnb_4bit_use_double_quant=opts.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, resolved_compute_dtype(opts, config)),
-            bnb_4bit_quant_storage=getattr(torch, opts.quant_storage),
+            bnb_4bit_quant_storage=getattr(torch, resolved_quant_storage(opts, config)),
         )
 
     def contribute(self, config: TrainConfig) -> Contribution:

@@ -11,7 +11,8 @@
 The DeepSpeed JSON is generated from these keys with batch size, accumulation, clipping and
 precision left "auto" (transformers fills them from the config). Under ZeRO-3 the model is created
 already partitioned (zero.Init) and the final save gathers the 16-bit weights into one ordinary
-safetensors model. (Not yet: writing the filled JSON to output_dir, PEFT adapters under ZeRO-3.)
+safetensors model (or the whole PEFT adapter). The JSON DeepSpeed ran with, every "auto" filled in, is
+written to output_dir/deepspeed_config.json when training starts.
 """
 
 from __future__ import annotations
@@ -140,4 +141,28 @@ class DeepSpeed(Launched):
         deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        return Contribution(sft_args={"deepspeed": self.deepspeed_config()})
+        return Contribution(
+            sft_args={"deepspeed": self.deepspeed_config()}, callbacks=[_write_filled_config()]
+        )
+
+
+CONFIG_NAME = "deepspeed_config.json"
+
+
+def _write_filled_config() -> Any:
+    """A callback that writes the DeepSpeed config as run (transformers has filled the "auto" values
+    by the time training begins) to output_dir, from the main process."""
+    import os
+
+    from transformers import TrainerCallback
+
+    class WriteDeepSpeedConfig(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not state.is_world_process_zero or args.hf_deepspeed_config is None:
+                return
+            path = os.path.join(args.output_dir, CONFIG_NAME)
+            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                json.dump(args.hf_deepspeed_config.config, handle, indent=2, default=str)
+            os.replace(path + ".tmp", path)
+
+    return WriteDeepSpeedConfig()

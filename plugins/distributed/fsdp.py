@@ -68,6 +68,18 @@ class Fsdp(Launched):
                 "GaLore cannot run under fsdp: its optimizer projects whole weight matrices, which FSDP "
                 "shards across processes (use distributed: ddp)"
             )
+        if (
+            self.opts.version == 1
+            and self.opts.checkpoint_state_dict == "sharded"
+            and config.resume_from_checkpoint
+        ):
+            problems.append(
+                (
+                    "version",
+                    "FSDP1's sharded checkpoints resume without the optimizer state (accelerate loads it "
+                    "into an optimizer that has no state yet, so Adam restarts): resume with version: 2",
+                )
+            )
         if self.opts.activation_checkpointing and config.gradient_checkpointing:
             problems.append(
                 ("activation_checkpointing", "set this or the top-level gradient_checkpointing, not both")

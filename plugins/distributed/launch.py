@@ -1,14 +1,20 @@
 """Process layout shared by the multi-process backends (ddp, fsdp, deepspeed): how many processes
 per node, how many nodes, and where node 0 listens. The train command hands these to torchrun when
-it starts the processes itself; under torchrun or accelerate launch the launcher's layout is used."""
+it starts the processes itself; under torchrun or accelerate launch the launcher's layout is used.
+
+Each key can also come from the environment a cluster script sets (torchrun's own names, with or
+without its PET_ prefix): NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT. A value given
+on the command line (`distributed.node_rank=1`) wins over the environment, which wins over the file."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from trainer.api import Distributed, Options
+from trainer.config.errors import Problem
 from trainer.config.schema import TrainConfig
 from trainer.config.validate import plugin_name
 
@@ -48,16 +54,73 @@ class Launched(Distributed):
         return self.launch.num_processes * self.launch.nnodes
 
     def launcher_args(self) -> list[str]:
-        args = [f"--nproc_per_node={self.launch.num_processes}"]
-        if self.launch.nnodes == 1:
+        launch = self.launch
+        args = [f"--nproc_per_node={launch.num_processes}"]
+        if launch.nnodes == 1:
             return [*args, "--standalone"]
         return [
             *args,
-            f"--nnodes={self.launch.nnodes}",
-            f"--node_rank={self.launch.node_rank}",
-            f"--master_addr={self.launch.master_addr}",
-            f"--master_port={self.launch.master_port}",
+            f"--nnodes={launch.nnodes}",
+            f"--node_rank={launch.node_rank}",
+            f"--master_addr={launch.master_addr}",
+            f"--master_port={launch.master_port}",
         ]
+
+    def apply_environment(self, environ: Mapping[str, str], given: set[str]) -> list[str]:
+        """Take launch keys from `environ` except those in `given` (set on the command line);
+        returns one note per key taken. Raises ConfigErrors for a value the options refuse."""
+        from trainer.config.errors import ConfigErrors
+
+        updates: dict[str, Any] = {}
+        notes = []
+        for key, names in ENVIRONMENT.items():
+            found = next(((name, environ[name]) for name in names if environ.get(name)), None)
+            if found is None or key in given:
+                continue
+            updates[key] = found[1]
+            notes.append(f"{key}={found[1]} (from ${found[0]})")
+        if not updates:
+            return []
+        try:
+            options = type(self.launch).model_validate({**self.launch.model_dump(), **updates})
+        except ValidationError as err:
+            problems = [
+                Problem(("distributed", *map(str, e["loc"])), f"{e['msg']} (from the environment)")
+                for e in err.errors()
+            ]
+            raise ConfigErrors(problems) from None
+        if options.node_rank >= options.nnodes:
+            raise ConfigErrors(
+                [
+                    Problem(
+                        ("distributed", "node_rank"),
+                        f"{options.node_rank} must be below nnodes ({options.nnodes}) (from the environment)",
+                    )
+                ]
+            )
+        self.options = options
+        return notes
+
+
+ENVIRONMENT = {
+    "num_processes": ("PET_NPROC_PER_NODE", "NPROC_PER_NODE"),
+    "nnodes": ("PET_NNODES", "NNODES"),
+    "node_rank": ("PET_NODE_RANK", "NODE_RANK"),
+    "master_addr": ("PET_MASTER_ADDR", "MASTER_ADDR"),
+    "master_port": ("PET_MASTER_PORT", "MASTER_PORT"),
+}
+"""Environment variables each launch key is read from (first found wins), as torchrun names them."""
+
+
+def too_many_processes(processes_per_node: int, gpus: int) -> str | None:
+    """Why `processes_per_node` cannot run on a machine with `gpus` GPUs (None when it can: one
+    process per GPU at most; a CPU-only machine runs any number of gloo processes)."""
+    if gpus == 0 or processes_per_node <= gpus:
+        return None
+    return (
+        f"{processes_per_node} processes per node but this machine has {gpus} GPU(s); each process "
+        f"needs a GPU of its own (set num_processes to {gpus} or less)"
+    )
 
 
 def has_cuda() -> bool:
