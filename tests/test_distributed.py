@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import write_yaml
 
@@ -89,6 +90,7 @@ def sgd_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> d
         "lr_scheduler": "constant",
         "max_grad_norm": 0,
         "weight_decay": 0,
+        "trainer_args": {"optim_args": "momentum=0.9"},  # optimizer state, which a resume must restore
         "save_strategy": "no",
         "logging_steps": 1,
         "output_dir": str(output_dir),
@@ -103,10 +105,10 @@ def weights(directory: Path) -> dict[str, Any]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def assert_saved_once(out: Path) -> dict[str, Any]:
+def assert_saved_once(out: Path, extra: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The final outputs, each once, nothing half-written or left over; returns trainer_state."""
     names = set(os.listdir(out))
-    assert names == FINAL_FILES, names ^ FINAL_FILES
+    assert names == FINAL_FILES | extra, names ^ (FINAL_FILES | extra)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == STEPS
     losses = [h for h in state["log_history"] if "loss" in h]
@@ -116,6 +118,9 @@ def assert_saved_once(out: Path) -> dict[str, Any]:
 
 def assert_same_model(out: Path, reference: dict[str, Any], start: dict[str, Any]) -> None:
     got = weights(out)
+    if "lm_head.weight" in got and "lm_head.weight" not in reference:
+        # ZeRO-1/2 and FSDP2 also save the tied output layer: it must be the embedding itself.
+        assert torch.equal(got.pop("lm_head.weight"), got["model.embed_tokens.weight"])
     assert got.keys() == reference.keys()
     for name in reference:
         assert torch.allclose(got[name], reference[name], atol=2e-5, rtol=0), name
@@ -135,54 +140,24 @@ def start_weights(tiny_model: Path) -> dict[str, Any]:
     return weights(tiny_model)
 
 
+def losses(state: dict[str, Any]) -> list[float]:
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
 @pytest.fixture(scope="module")
-def reference(tiny_model: Path, rows: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def single_run(tiny_model: Path, rows: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One process, micro_batch_size 4: the same global batch as 2 processes x 2."""
     tmp = tmp_path_factory.mktemp("single")
     out = tmp / "out"
     cfg = write_yaml(tmp / "cfg.yml", sgd_config(tiny_model, rows, out, micro_batch_size=4))
     run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp)
     assert_saved_once(out)
-    return weights(out)
+    return out
 
 
-def test_ddp_starts_its_own_processes_and_matches_one_process(
-    tiny_model, rows, reference, start_weights, tmp_path
-):
-    out = tmp_path / "out"
-    distributed = {"type": "ddp", "num_processes": 2}
-    cfg = write_yaml(tmp_path / "cfg.yml", sgd_config(tiny_model, rows, out, distributed=distributed))
-    done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
-    assert "torch.distributed.run --nproc_per_node=2" in done.stdout
-    assert "x processes 2" in done.stdout
-    assert done.stdout.count("train loss: first logged") == 1  # reported by the main process only
-    state = assert_saved_once(out)
-    assert state["train_batch_size"] == 2
-    assert_same_model(out, reference, start_weights)
-
-    # The same command again is refused before any process starts: exit 2, files untouched.
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", str(cfg)],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert again.returncode == 2 and "output_dir" in again.stderr, again.stderr[-2000:]
-    assert "launching:" not in again.stdout
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
-
-    # Re-run from the resolved file inside output_dir, overwriting it: the processes it starts must
-    # still find that file (the output_dir is cleared only after every process has read its config).
-    resolved = out / "config.resolved.yml"
-    done = run(
-        [sys.executable, "-m", "trainer.cli.train", str(resolved), "overwrite_output_dir=true"], cwd=tmp_path
-    )
-    assert_saved_once(out)
-    assert yaml.safe_load(resolved.read_text())["overwrite_output_dir"] is True
-    assert_same_model(out, reference, start_weights)
+@pytest.fixture(scope="module")
+def reference(single_run: Path) -> dict[str, Any]:
+    return weights(single_run)
 
 
 def test_external_torchrun(tiny_model, rows, reference, start_weights, tmp_path):
@@ -273,41 +248,159 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
     assert_same_model(double / "out", reference, start_weights)
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_fsdp_full_shard_matches_one_process_and_saves_full_weights(
-    tiny_model, rows, reference, start_weights, tmp_path, version
+BACKENDS = {
+    "ddp": ({"type": "ddp"}, "DDP", "100%"),
+    "fsdp1": ({"type": "fsdp", "version": 1}, "FSDP1 (full_shard)", "50%"),
+    "fsdp2": ({"type": "fsdp", "version": 2}, "FSDP2 (full_shard)", "50%"),
+    "zero2": ({"type": "deepspeed", "stage": 2}, "DeepSpeed ZeRO-2", "100%"),
+    "zero3": ({"type": "deepspeed", "stage": 3}, "DeepSpeed ZeRO-3", "50%"),
+}
+"""Each backend's block, the name the run reports, and the share of the weights process 0 holds."""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_equals_one_process_saves_whole_and_resumes(
+    tiny_model, rows, single_run, reference, start_weights, tmp_path, backend
 ):
-    """FSDP full_shard on 2 processes (gloo): the same update as one process at the same global
-    batch, and the final save holds every tensor whole (not one rank's shard)."""
+    """2 processes x micro-batch 2 == 1 process x 4: the same per-step losses and final weights; the
+    backend really runs (it reports what accelerate wrapped and how much of the weights process 0
+    holds: sharded ones hold half); the final save is whole tensors that from_pretrained loads; and
+    resuming from the step-2 checkpoint (re-run from the run's own config.resolved.yml, overwriting
+    its output_dir) continues the same loss curve to the same weights."""
+    block, name, held = BACKENDS[backend]
+    if block["type"] == "deepspeed":
+        pytest.importorskip("deepspeed", reason="needs the deepspeed extra: pip install 'trainer[deepspeed]'")
     out = tmp_path / "out"
-    distributed = {"type": "fsdp", "num_processes": 2, "version": version}
-    cfg = write_yaml(tmp_path / "cfg.yml", sgd_config(tiny_model, rows, out, distributed=distributed))
+    config = sgd_config(
+        tiny_model, rows, out, distributed={**block, "num_processes": 2}, save_strategy="steps", save_steps=2
+    )
+    cfg = write_yaml(tmp_path / "cfg.yml", config)
     done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
+    assert "torch.distributed.run --nproc_per_node=2" in done.stdout  # it started them itself
+    assert "data prepared once for every process" in done.stdout  # before the processes started
+    assert done.stdout.count("reused the prepared dataset") == 1  # printed by the main process
+    assert f"parallel: {name} on 2 process(es); process 0 holds {held} of the weights" in done.stdout
     assert "x processes 2" in done.stdout
-    assert_saved_once(out)
-    saved = weights(out)
-    assert {name: tuple(t.shape) for name, t in saved.items()} == {
-        name: tuple(t.shape) for name, t in start_weights.items()
-    }
-    assert_same_model(out, reference, start_weights)
+    assert done.stdout.count("train loss: first logged") == 1  # reported by the main process only
+    checkpoints = frozenset({"checkpoint-2", "checkpoint-4", "README.md"})
+    ds_json = frozenset({"deepspeed_config.json"}) if block["type"] == "deepspeed" else frozenset()
+    state = assert_saved_once(out, checkpoints | ds_json)
+    assert state["train_batch_size"] == 2
+    expected = losses(json.loads((single_run / "trainer_state.json").read_text()))
+    assert losses(state) == pytest.approx(expected, rel=1e-5)
+    assert_same_model(out, reference, start_weights)  # every tensor whole, and the same
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for key, tensor in reference.items():
+        assert torch.allclose(loaded[key], tensor, atol=2e-5, rtol=0), key
+    if ds_json:
+        filled = json.loads((out / "deepspeed_config.json").read_text())
+        assert filled["train_micro_batch_size_per_gpu"] == 2 and filled["train_batch_size"] == 4
+        assert filled["zero_optimization"]["stage"] == block["stage"]
+
+    # The same command again is refused before any process starts: exit 2, files untouched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = subprocess.run(
+        [sys.executable, "-m", "trainer.cli.train", str(cfg)],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert again.returncode == 2 and "output_dir" in again.stderr, again.stderr[-2000:]
+    assert "launching:" not in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    if backend == "fsdp1":
+        return  # its sharded checkpoints lose the optimizer state: resuming is refused at validate
+    # Pre-empted after step 2: resume in place from the run's own config.resolved.yml.
+    first_weights, first_losses = weights(out), losses(state)
+    shutil.rmtree(out / "checkpoint-4")
+    resolved = out / "config.resolved.yml"
+    run(
+        [sys.executable, "-m", "trainer.cli.train", str(resolved), "resume_from_checkpoint=true"],
+        cwd=tmp_path,
+    )
+    resumed = assert_saved_once(out, checkpoints | ds_json)
+    assert losses(resumed)[2:] == pytest.approx(first_losses[2:], rel=1e-6)  # steps 3 and 4
+    for key, tensor in weights(out).items():
+        assert torch.allclose(tensor, first_weights[key], atol=1e-6, rtol=0), key
+    if backend == "ddp":
+        # Overwriting from the resolved file inside output_dir: the processes it starts must still
+        # find that file (output_dir is cleared only after every process has read its config).
+        run(
+            [
+                sys.executable,
+                "-m",
+                "trainer.cli.train",
+                str(resolved),
+                "overwrite_output_dir=true",
+                "resume_from_checkpoint=null",
+            ],
+            cwd=tmp_path,
+        )
+        assert_saved_once(out, checkpoints)
+        assert_same_model(out, reference, start_weights)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_matches_one_process_and_saves_full_weights(
-    tiny_model, rows, reference, start_weights, tmp_path, stage
+def lora_config(
+    model: Path, data: Path, out: Path, adapter: str = "lora", **overrides: Any
+) -> dict[str, Any]:
+    block = {"type": adapter, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    return sgd_config(model, data, out, adapter=block, learning_rate=0.05, **overrides)
+
+
+def adapter_weights(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single_adapters(tiny_model, rows, tmp_path_factory) -> dict[str, dict[str, Any]]:
+    """One process, micro-batch 4: the LoRA and QLoRA adapters the 2-process runs must equal."""
+    found = {}
+    for adapter in ("lora", "qlora"):
+        if adapter == "qlora":
+            pytest.importorskip("bitsandbytes")
+        tmp = tmp_path_factory.mktemp(f"single-{adapter}")
+        config = lora_config(tiny_model, rows, tmp / "out", adapter, micro_batch_size=4, max_steps=2)
+        run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(tmp / "cfg.yml", config))], cwd=tmp)
+        found[adapter] = adapter_weights(tmp / "out")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("adapter", "backend"), [("lora", "fsdp2"), ("lora", "zero3"), ("qlora", "fsdp2"), ("qlora", "fsdp1")]
+)
+def test_adapter_under_sharding_saves_whole_tensors(
+    tiny_model, rows, single_adapters, start_weights, tmp_path, adapter, backend
 ):
-    """DeepSpeed ZeRO on 2 processes (gloo): the same update as one process at the same global
-    batch; under ZeRO-3 the model is created partitioned and the save gathers whole tensors."""
-    pytest.importorskip("deepspeed", reason="needs the deepspeed extra: pip install 'trainer[deepspeed]'")
+    """A LoRA adapter saved under FSDP or ZeRO-3 holds whole tensors (not one process's shard), equal
+    to one process's; QLoRA under FSDP stores its 4-bit weights in the compute dtype, so they shard
+    with the rest (process 0 holds about half of the weights)."""
+    block, name, _ = BACKENDS[backend]
+    if block["type"] == "deepspeed":
+        pytest.importorskip("deepspeed")
     out = tmp_path / "out"
-    distributed = {"type": "deepspeed", "num_processes": 2, "stage": stage}
-    cfg = write_yaml(tmp_path / "cfg.yml", sgd_config(tiny_model, rows, out, distributed=distributed))
-    run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
-    assert_saved_once(out)
-    saved = weights(out)
-    saved.pop("lm_head.weight", None)  # ZeRO-1/2 saves the tied output layer too (same tensor)
-    assert {name: tuple(t.shape) for name, t in saved.items()} == {
-        name: tuple(t.shape) for name, t in start_weights.items()
-    }
-    for name in reference:
-        assert torch.allclose(saved[name], reference[name], atol=2e-5, rtol=0), name
+    config = lora_config(
+        tiny_model, rows, out, adapter, distributed={**block, "num_processes": 2}, max_steps=2
+    )
+    done = run(
+        [sys.executable, "-m", "trainer.cli.train", str(write_yaml(tmp_path / "cfg.yml", config))],
+        cwd=tmp_path,
+    )
+    held = re.search(rf"parallel: {re.escape(name)} on 2 process\(es\); process 0 holds (\d+)%", done.stdout)
+    assert held and 45 <= int(held.group(1)) <= 55, done.stdout[-3000:]
+    got, expected = adapter_weights(out), single_adapters[adapter]
+    assert {k: tuple(t.shape) for k, t in got.items()} == {k: tuple(t.shape) for k, t in expected.items()}
+    moved = max(float((t - 0).abs().max()) for k, t in expected.items() if "lora_B" in k)
+    assert moved > 1e-3  # B starts at zero: the adapters trained
+    for key, tensor in expected.items():
+        assert torch.allclose(got[key], tensor, atol=1e-5, rtol=0), key
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)  # loads back
