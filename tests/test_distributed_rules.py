@@ -74,3 +74,80 @@ def test_fsdp_and_launch_rules(tmp_path, tiny_model, toy_data, overrides, expect
 def test_deepspeed_rules(tmp_path, tiny_model, toy_data, overrides, expected):
     pytest.importorskip("deepspeed")
     assert expected in problems(tmp_path, tiny_model, toy_data, **overrides)
+
+
+def resolved_config(tmp_path: Path, tiny_model: Path, toy_data: Path, overrides=None, **keys: Any):
+    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", **keys)
+    return load_config(str(write_yaml(tmp_path / "cfg.yml", config)), overrides)
+
+
+def test_fsdp1_sharded_resume_is_refused(tmp_path, tiny_model, toy_data):
+    block = {"type": "fsdp", "version": 1}
+    found = problems(tmp_path, tiny_model, toy_data, distributed=block, resume_from_checkpoint=True)
+    assert "distributed.version: FSDP1's sharded checkpoints resume without the optimizer state" in found
+    full = {**block, "checkpoint_state_dict": "full"}
+    assert problems(tmp_path, tiny_model, toy_data, distributed=full, resume_from_checkpoint=True) == ""
+
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path, tiny_model, toy_data):
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    qlora = {"type": "qlora", "r": 4}
+    for distributed, storage in (("fsdp", torch.float32), ("ddp", torch.uint8)):
+        resolved = resolved_config(tmp_path, tiny_model, toy_data, adapter=qlora, distributed=distributed)
+        quantization = resolved.adapter.plugin.bnb_config(resolved.config)  # type: ignore[attr-defined]
+        assert quantization.bnb_4bit_quant_storage == storage, distributed
+    found = problems(
+        tmp_path, tiny_model, toy_data, adapter={**qlora, "quant_storage": "uint8"}, distributed="fsdp"
+    )
+    assert "adapter.quant_storage: FSDP shards weights of one dtype" in found
+
+
+def test_one_process_per_gpu():
+    from plugins.distributed.launch import too_many_processes
+
+    assert "4 processes per node but this machine has 2 GPU(s)" in str(too_many_processes(4, 2))
+    assert too_many_processes(2, 2) is None
+    assert too_many_processes(8, 0) is None  # CPU: gloo processes, any number
+
+
+def test_fsdp1_with_an_adapter_is_refused_at_start_on_cpu(tmp_path, tiny_model, toy_data):
+    import torch
+
+    from trainer.run import check_machine
+
+    if torch.cuda.is_available():
+        pytest.skip("the rule is for CPU-only machines")
+    resolved = resolved_config(
+        tmp_path, tiny_model, toy_data, adapter="lora", distributed={"type": "fsdp", "version": 1}
+    )
+    with pytest.raises(ConfigErrors, match=r"distributed\.version: FSDP1 cannot save a PEFT adapter"):
+        check_machine(resolved)
+    check_machine(resolved_config(tmp_path, tiny_model, toy_data, adapter="lora", distributed="fsdp"))
+
+
+def test_launch_keys_from_the_environment(tmp_path, tiny_model, toy_data):
+    resolved = resolved_config(
+        tmp_path, tiny_model, toy_data, ["distributed.node_rank=1"], distributed={"type": "ddp", "nnodes": 2}
+    )
+    plugin = resolved.distributed.plugin
+    environ = {"NNODES": "4", "PET_NODE_RANK": "3", "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "29600"}
+    notes = plugin.apply_environment(environ, given={"node_rank"})  # type: ignore[attr-defined]
+    assert notes == ["nnodes=4 (from $NNODES)", "master_addr=10.0.0.7 (from $MASTER_ADDR)",
+                     "master_port=29600 (from $MASTER_PORT)"]  # fmt: skip
+    assert plugin.launcher_args() == [  # type: ignore[attr-defined]
+        "--nproc_per_node=2", "--nnodes=4", "--node_rank=1", "--master_addr=10.0.0.7", "--master_port=29600",
+    ]  # fmt: skip  # node_rank from the command line, the rest from the environment
+    with pytest.raises(ConfigErrors, match=r"distributed\.nnodes: .*integer.*from the environment"):
+        plugin.apply_environment({"NNODES": "two"}, given=set())  # type: ignore[attr-defined]
+    with pytest.raises(ConfigErrors, match="node_rank: 5 must be below nnodes"):
+        plugin.apply_environment({"NODE_RANK": "5"}, given=set())  # type: ignore[attr-defined]
+
+
+def test_a_multi_process_backend_with_one_process_still_launches(tmp_path, tiny_model, toy_data):
+    from trainer.run import wants_relaunch
+
+    one = resolved_config(tmp_path, tiny_model, toy_data, distributed={"type": "ddp", "num_processes": 1})
+    assert wants_relaunch(one)
+    assert not wants_relaunch(resolved_config(tmp_path, tiny_model, toy_data, distributed="none"))

@@ -168,6 +168,11 @@ class Distributed(Plugin):
         """torchrun arguments that start the processes (used when not already launched)."""
         return []
 
+    def check_machine(self, config: TrainConfig) -> list[tuple[str, str]]:
+        """Problems that depend on this machine (torch may be imported), found when the run starts:
+        (option name, message) pairs."""
+        return []
+
     def init_processes(self) -> None:
         """Called in every process of a launched run once its process group is up, before the model
         loads (DeepSpeed sets up its own communication here, which ZeRO-3 needs to load sharded)."""

@@ -32,10 +32,16 @@ def launched() -> bool:
 
 def check_machine(resolved: Resolved) -> None:
     """Raise ConfigErrors (with file:line) for settings this machine cannot run: bf16/fp16/tf32 and
-    CUDA-only optimizers (see trainer.precision)."""
+    CUDA-only optimizers (see trainer.precision), more processes than GPUs, and the distributed
+    plugin's own machine checks."""
     from trainer.precision import check_start
 
+    chosen = resolved.distributed
     problems = [*check_start(resolved.config), *check_processes(resolved)]
+    problems += [
+        Problem((*chosen.path, key), message)
+        for key, message in chosen.plugin.check_machine(resolved.config)  # type: ignore[attr-defined]
+    ]
     for problem in problems:
         problem.where = problem.where or resolved.source.where(problem.path)
     if problems:

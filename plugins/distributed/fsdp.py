@@ -86,6 +86,17 @@ class Fsdp(Launched):
             )
         return problems
 
+    def check_machine(self, config: TrainConfig) -> list[tuple[str, str]]:
+        if self.opts.version == 1 and adapter(config)[0] not in (None, "full") and not has_cuda():
+            return [
+                (
+                    "version",
+                    "FSDP1 cannot save a PEFT adapter without a GPU (PyTorch's FSDP1 full-state-dict "
+                    "gather crashes on CPU tensors): use version: 2",
+                )
+            ]
+        return []
+
     def fsdp_config(self) -> dict[str, object]:
         opts = self.opts
         config: dict[str, object] = {
