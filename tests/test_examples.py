@@ -19,6 +19,7 @@ from tests.conftest import REPO
 EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
 
 GPU_ONLY = {
+    "fsdp-full-llama.yml": r"attention: flash_attention_2 is unavailable: ",
     "gpu-liger-lora.yml": r"kernels\[0\]: liger (is unavailable: needs the 'liger_kernel' package: "
     r"pip install 'trainer\[liger\]'|needs a CUDA GPU; none is visible)",
 }
