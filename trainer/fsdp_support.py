@@ -1,15 +1,15 @@
 """What accelerate (1.16) lacks or gets wrong for `distributed: fsdp`, mended after the Accelerator is
 built (`engage`) and at the final save.
 
-- FSDP1's sharding: accelerate fills the deprecated `sharding_strategy` with FULL_SHARD and then
-  prefers it to `reshard_after_forward`, where transformers puts the configured strategy, so
+- FSDP1's sharding (GPU and CPU): accelerate fills the deprecated `sharding_strategy` with FULL_SHARD
+  and then prefers it to `reshard_after_forward`, where transformers puts the configured strategy, so
   shard_grad_op / hybrid_shard / no_shard silently ran as full_shard. The plugin gets the strategy.
-- CPU: accelerate turns FSDP on only for accelerator devices: on CPU its state stays MULTI_CPU and
-the model is silently wrapped in plain DDP. PyTorch's FSDP1 and FSDP2 themselves train on CPU with
-gloo, so after the Accelerator is built this module switches its state to FSDP with the plugin
-transformers made from `fsdp_config`, as accelerate does on a GPU. PyTorch's FSDP1 full-state-dict
-gather crashes (SIGSEGV) on CPU tensors, so the final FSDP1 save on CPU gathers the weights with
-`summon_full_params` instead. Nothing here runs when CUDA is available.
+- CPU only: accelerate turns FSDP on only for accelerator devices: on CPU its state stays MULTI_CPU
+  and the model is silently wrapped in plain DDP. PyTorch's FSDP1 and FSDP2 themselves train on CPU
+  with gloo, so after the Accelerator is built this module switches its state to FSDP with the plugin
+  transformers made from `fsdp_config`, as accelerate does on a GPU. PyTorch's FSDP1 full-state-dict
+  gather crashes (SIGSEGV) on CPU tensors, so the final FSDP1 save on CPU gathers the weights with
+  `summon_full_params` instead.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ out before the forward and logs, with each training loss:
   attention mask, which for a packed 4D mask counts attention pairs, not tokens.
 
 It moves a packed training set to each epoch's rows at the epoch's start, on every process
-(accelerate forwards `set_epoch` to the dataset only in single-process runs), and on CPU it makes
-`fsdp` runs shard as configured (see trainer.fsdp_support).
+(accelerate forwards `set_epoch` to the dataset only in single-process runs), and makes `fsdp` runs
+shard as configured: FSDP1's sharding strategy, and FSDP at all on CPU (see trainer.fsdp_support).
 """
 
 from __future__ import annotations

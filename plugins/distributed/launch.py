@@ -38,10 +38,9 @@ class Launched(Distributed):
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
-        if self.launch.node_rank >= self.launch.nnodes:
-            problems.append(
-                ("node_rank", f"{self.launch.node_rank} must be below nnodes ({self.launch.nnodes})")
-            )
+        bad_rank = node_rank_problem(self.launch)
+        if bad_rank:
+            problems.append(("node_rank", bad_rank))
         for key, backend in (("deepspeed", "deepspeed"), ("fsdp", "fsdp")):
             if config.trainer_args.get(key) and self.name != backend:
                 problems.append(
@@ -89,17 +88,17 @@ class Launched(Distributed):
                 for e in err.errors()
             ]
             raise ConfigErrors(problems) from None
-        if options.node_rank >= options.nnodes:
-            raise ConfigErrors(
-                [
-                    Problem(
-                        ("distributed", "node_rank"),
-                        f"{options.node_rank} must be below nnodes ({options.nnodes}) (from the environment)",
-                    )
-                ]
-            )
+        bad_rank = node_rank_problem(options)
+        if bad_rank:
+            raise ConfigErrors([Problem(("distributed", "node_rank"), f"{bad_rank} (from the environment)")])
         self.options = options
         return notes
+
+
+def node_rank_problem(launch: LaunchOptions) -> str | None:
+    if launch.node_rank < launch.nnodes:
+        return None
+    return f"{launch.node_rank} must be below nnodes ({launch.nnodes})"
 
 
 ENVIRONMENT = {
