@@ -51,7 +51,15 @@ EXTRAS = {
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],
     "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
-    "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "pre-commit>=3", "types-PyYAML", "jsonschema>=4"],
+    "dev": [
+        "pytest>=8",
+        "ruff>=0.6",
+        "mypy>=1.10",
+        "pre-commit>=3",
+        "types-PyYAML",
+        "jsonschema>=4",
+        "tensorboard>=2.14",  # the report_to: tensorboard test
+    ],
 }
 # GPU-only extras stay out of `all`: flash-attn cannot build without CUDA, and liger-kernel needs
 # triton, which has no wheels for macOS or Windows.
@@ -78,6 +86,7 @@ setup(
         "pyyaml>=6",
         "jsonlines>=4",
         "safetensors>=0.4",
+        "matplotlib>=3.7",  # training_curves.png
     ],
     extras_require=EXTRAS,
     entry_points=BUILTIN_PLUGINS,

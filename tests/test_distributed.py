@@ -42,6 +42,7 @@ FINAL_FILES = {
     "tokenizer_config.json",
     "trainer_state.json",
     "training_args.bin",
+    "training_curves.png",
 }
 
 

@@ -6,6 +6,7 @@ setting one key to different values is a config error naming both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     elif config.warmup_steps is not None:
         warmup = config.warmup_steps
     evaluating = config.eval_strategy != "no"
+    # wandb / mlflow / comet name the run by this; trainer_args: {run_name: ...} overrides it
+    run_name = getattr(config, "run_name", None) or os.path.basename(os.path.normpath(config.output_dir))
     args: dict[str, Any] = {
         "output_dir": config.output_dir,
         "per_device_train_batch_size": config.micro_batch_size,
@@ -111,6 +114,7 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "save_total_limit": config.save_total_limit,
         "load_best_model_at_end": config.load_best_model_at_end,
         "report_to": config.report_to,
+        "run_name": run_name,
         "max_length": config.sequence_len,
         "packing": False,  # ours, when sample_packing is on: see trainer.data.packing
         "remove_unused_columns": False,  # the collator picks the columns it needs
@@ -263,6 +267,7 @@ class Built:
     report: Any
     cache_dir: str | None
     args: Any
+    parameters: tuple[int, int] = (0, 0)  # (trainable, total), counted before training wraps the model
 
 
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
@@ -274,8 +279,11 @@ def plan(resolved: Resolved) -> tuple[Merged, Any]:
 def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None) -> Built:
     """Assemble the SFTTrainer for a resolved config (from `plan(resolved)` when given)."""
     from accelerate import PartialState
+    from transformers.trainer_callback import ProgressCallback
 
     from trainer.data.pipeline import build_datasets
+    from trainer.progress import TokenProgress
+    from trainer.run_report import PeakMemory, count_parameters
     from trainer.sft import SFTTrainer
 
     config = resolved.config
@@ -307,9 +315,13 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         data_collator=merged.data_collator or collator,
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
+    if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
+        trainer.add_callback(TokenProgress())
+    trainer.add_callback(PeakMemory())
     # An adapter may build the optimizer itself (LoRA+ learning-rate groups), from the model as
     # SFTTrainer wrapped it; Trainer.create_optimizer keeps an optimizer that is already set.
     optimizer = adapter.create_optimizer(trainer.model, args)
     if optimizer is not None:
         trainer.optimizer = optimizer
-    return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args)
+    parameters = count_parameters(trainer.model)
+    return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args, parameters)

@@ -172,6 +172,10 @@ def start_report(built: Built, processes: int) -> list[str]:
 
 
 def end_report(built: Built) -> list[str]:
+    """The loss before and after, the summary table with the fit diagnosis, and (a side effect, on
+    the main process that calls this) output_dir/training_curves.png titled by the diagnosis."""
+    from trainer.run_report import CURVES_NAME, diagnose, summary, table, write_curves
+
     history = built.trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
@@ -180,7 +184,11 @@ def end_report(built: Built) -> list[str]:
         lines.append(f"train loss: first logged {train_losses[0]:.4f} -> last logged {train_losses[-1]:.4f}")
     if len(eval_losses) >= 2:
         lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
+    diagnosis = diagnose(history)
+    write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis)
+    lines += table(summary(built.trainer, built.parameters, diagnosis))
     lines.append(
-        f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json)"
+        f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json, "
+        f"{CURVES_NAME})"
     )
     return lines
