@@ -135,7 +135,7 @@ def test_bad_overrides_are_problems_not_exceptions() -> None:
         "override 'seed.sub=1'  seed.sub: is not a mapping, cannot set a key in it",
         "override 'adapter[0]=x'  adapter[0]: is not a list, cannot index it",
     ]
-    assert rendered[5].startswith("override 'x=['  <root>: ")
+    assert rendered[5].startswith("override 'x=['  x: cannot read the value: invalid YAML: ")
     assert len(problems) == 6
     assert data["seed"] == 2 and where == {("seed",): "seed=2"}  # the good one still applies
 

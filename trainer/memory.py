@@ -104,15 +104,42 @@ def _numel(shape: Shape) -> int:
 # ---- shapes without torch ------------------------------------------------------------------------
 
 
+MAX_HEADER = 100 * 1024 * 1024
+MAX_DIMENSION = 2**40
+"""Largest tensor dimension or config.json size believed: anything bigger is a broken file."""
+
+
 def read_safetensors_header(path: str) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"} from a .safetensors file's header; no tensor data is read."""
+    """name -> {"dtype", "shape"} from a .safetensors file's header; no tensor data is read.
+    Raises Unavailable for a file that is not one (too short, a header that is not JSON of tensors)."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > 100 * 1024 * 1024:
+        start = f.read(8)
+        if len(start) < 8:
+            raise Unavailable(f"{path}: not a safetensors file ({len(start)} bytes)")
+        (length,) = struct.unpack("<Q", start)
+        if length > MAX_HEADER:
             raise Unavailable(f"{path}: implausible safetensors header length {length}")
-        header = json.loads(f.read(length))
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as err:  # UnicodeDecodeError included
+        raise Unavailable(f"{path}: the safetensors header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise Unavailable(f"{path}: the safetensors header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        if not _is_tensor_info(info):
+            raise Unavailable(
+                f"{path}: tensor {name!r} in the safetensors header has no valid dtype and shape"
+            )
     return header
+
+
+def _is_tensor_info(info: Any) -> bool:
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        return False
+    shape = info.get("shape")
+    return isinstance(shape, list) and all(type(d) is int and 0 <= d <= MAX_DIMENSION for d in shape)
 
 
 def _from_headers(files: list[str], config: dict[str, Any], source: str) -> ModelShapes:
@@ -136,16 +163,30 @@ def _config_dtype(config: dict[str, Any]) -> int | None:
     return NAME_BYTES.get(str(name).replace("torch.", "")) if name else None
 
 
+LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads")
+MAX_LAYERS = 10_000
+
+
+def _size(config: dict[str, Any], key: str) -> int:
+    """A positive whole-number size from config.json (raises Unavailable)."""
+    value = config.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 < value <= MAX_DIMENSION:
+        raise Unavailable(f"config.json: {key} is {value!r}, not a positive whole number")
+    return value
+
+
 def llama_like_tensors(config: dict[str, Any]) -> dict[str, Shape]:
     """Parameter shapes of a Llama-like decoder from its config.json (raises Unavailable)."""
-    try:
-        h, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
-        vocab, inter = int(config["vocab_size"]), int(config["intermediate_size"])
-        heads = int(config["num_attention_heads"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise Unavailable(f"config.json lacks {err} for the Llama-like formula") from None
-    kv = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or h // heads)
+    missing = [k for k in LLAMA_KEYS if config.get(k) is None]
+    if missing:
+        raise Unavailable(f"config.json lacks {', '.join(map(repr, missing))} for the Llama-like formula")
+    h, layers, vocab, inter, heads = (_size(config, k) for k in LLAMA_KEYS)
+    if layers > MAX_LAYERS:
+        raise Unavailable(f"config.json: num_hidden_layers is {layers}, implausibly many")
+    kv = _size(config, "num_key_value_heads") if config.get("num_key_value_heads") else heads
+    head_dim = _size(config, "head_dim") if config.get("head_dim") else h // heads
     bias = bool(config.get("attention_bias", False))
     tensors: dict[str, Shape] = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,)}
     for i in range(layers):
@@ -166,8 +207,11 @@ def llama_like_tensors(config: dict[str, Any]) -> dict[str, Shape]:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as err:  # UnicodeDecodeError included
+        raise Unavailable(f"{path} is not valid JSON ({err})") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -177,10 +221,16 @@ def _shapes_in(find: Any, where: str) -> ModelShapes:
     config = _read_json(config_path) if config_path else {}
     index = find("model.safetensors.index.json")
     if index:
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise Unavailable(f"{index}: 'weight_map' is not a mapping of tensor names to shard files")
+        shards = sorted(set(weight_map.values()))
         paths = [find(s) for s in shards]
         if shards and all(paths):
             return _from_headers(paths, config, f"safetensors headers ({len(shards)} shards) in {where}")
+        gone = [s for s, found in zip(shards, paths, strict=True) if not found]
+        if gone and not find("model.safetensors") and not config_path:
+            raise Unavailable(f"the shards {', '.join(gone)} named by {index} are missing")
     single = find("model.safetensors")
     if single:
         return _from_headers([single], config, f"safetensors header in {where}")
@@ -459,14 +509,21 @@ def activation_bytes(
     config: dict[str, Any], seq: int, batch: int, act_bytes: int, checkpointing: bool, scores: bool
 ) -> float | None:
     """Korthikanti et al. per-layer activations (see the module docstring), all layers + logits."""
+
+    def first(*keys: str) -> int | None:
+        key = next((k for k in keys if config.get(k)), None)
+        return _size(config, key) if key else None
+
     try:
-        h = int(config.get("hidden_size") or config.get("n_embd") or config["d_model"])
-        layers = int(config.get("num_hidden_layers") or config["n_layer"])
-        heads = int(config.get("num_attention_heads") or config["n_head"])
-    except (KeyError, TypeError, ValueError):
+        h = first("hidden_size", "n_embd", "d_model")
+        layers = first("num_hidden_layers", "n_layer")
+        heads = first("num_attention_heads", "n_head")
+        if h is None or layers is None or heads is None:
+            return None
+        inter = first("intermediate_size", "n_inner") or 4 * h
+        vocab = first("vocab_size") or 0
+    except Unavailable:
         return None
-    inter = int(config.get("intermediate_size") or config.get("n_inner") or 4 * h)
-    vocab = int(config.get("vocab_size") or 0)
     scale = act_bytes / 2  # the formula counts 16-bit values
     layer = seq * batch * (18 * h + 4 * inter) * scale
     if scores:

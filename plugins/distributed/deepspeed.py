@@ -90,13 +90,9 @@ class DeepSpeed(Launched):
                 ("stage", "ZeRO-3 cannot partition an 8-bit (load_in_8bit) base model: use stage 2")
             )
         if opts.config_file is not None:
-            try:
-                with open(opts.config_file, encoding="utf-8") as handle:
-                    json.load(handle)
-            except OSError as err:
-                problems.append(("config_file", f"cannot read {opts.config_file}: {err.strerror}"))
-            except ValueError as err:
-                problems.append(("config_file", f"{opts.config_file} is not valid JSON: {err}"))
+            problem = _config_file_problem(opts.config_file)
+            if problem:
+                problems.append(("config_file", problem))
         return problems
 
     def deepspeed_config(self) -> dict[str, Any]:
@@ -144,6 +140,24 @@ class DeepSpeed(Launched):
         return Contribution(
             sft_args={"deepspeed": self.deepspeed_config()}, callbacks=[_write_filled_config()]
         )
+
+
+def _config_file_problem(path: str) -> str | None:
+    """Why `path` is not a DeepSpeed JSON config that can be read, or None."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as err:
+        return f"cannot read {path}: {err.strerror}"
+    except ValueError as err:  # a NUL in the path, or bytes that are not UTF-8
+        return f"cannot read {path}: {err}"
+    try:
+        loaded = json.loads(text)
+    except ValueError as err:
+        return f"{path} is not valid JSON: {err}"
+    if not isinstance(loaded, dict):
+        return f"{path} must hold a JSON object (DeepSpeed's config), not a {type(loaded).__name__}"
+    return None
 
 
 CONFIG_NAME = "deepspeed_config.json"

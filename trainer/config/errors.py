@@ -26,6 +26,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def printable(text: str) -> str:
+    """`text` with newlines, tabs and other unprintable characters escaped (`\\n`, `\\x00`), so that a
+    problem stays on one line and a terminal shows what the file holds."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass
 class Problem:
     """One config problem at a dotted path; `where` is 'file.yml:LINE' or an override."""
@@ -36,7 +42,7 @@ class Problem:
 
     def render(self) -> str:
         prefix = f"{self.where}  " if self.where else ""
-        return f"{prefix}{dotted(self.path)}: {self.message}"
+        return printable(f"{prefix}{dotted(self.path)}: {self.message}")
 
 
 @dataclass

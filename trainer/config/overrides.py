@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
-
 from trainer.config.errors import Path, Problem
-from trainer.config.yaml_lines import Loader
+from trainer.config.yaml_lines import YamlSyntaxError, load_value
 
 _PART = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)((?:\[\d+\])*)")
 
@@ -36,9 +34,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[list[Pr
         key, raw = text.split("=", 1)
         try:
             path = parse_key(key.strip())
-            value = yaml.load(raw, Loader=Loader) if raw.strip() else ""  # Loader is a SafeLoader
-        except (ValueError, yaml.YAMLError) as err:
-            problems.append(Problem((), str(err).splitlines()[0], f"override '{text}'"))
+        except ValueError as err:
+            problems.append(Problem((), str(err), f"override '{text}'"))
+            continue
+        try:
+            value = load_value(raw) if raw.strip() else ""  # read like the file's values
+        except YamlSyntaxError as err:
+            problems.append(Problem(path, f"cannot read the value: {err.message}", f"override '{text}'"))
             continue
         error = _set(data, path, value)
         if error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import glob
 import importlib.util
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -159,9 +160,12 @@ def load_config(path: str, overrides: list[str] | None = None, registry: Registr
     try:
         data, source = load_yaml(path)
     except YamlSyntaxError as err:
-        raise ConfigErrors([Problem((), err.message, f"{err.file}:{err.line}")]) from None
+        where = f"{err.file}:{err.line}" if err.line > 0 else err.file
+        raise ConfigErrors([Problem((), err.message, where)]) from None
     except OSError as err:
         raise ConfigErrors([Problem((), f"cannot read config: {err.strerror}", path)]) from None
+    except ValueError as err:  # a path open() refuses, e.g. with a NUL character
+        raise ConfigErrors([Problem((), f"cannot read config: {err}", repr(path))]) from None
     return resolve(data, source, overrides or [], registry)
 
 
@@ -170,11 +174,16 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
     if not isinstance(data, dict):
         raise ConfigErrors([Problem((), "the config must be a mapping of keys", source.file)])
     problems, source.overrides = apply_overrides(data, overrides)
-    config = _validate_core(data, problems)
+    bad_keys, bad_numbers = _key_problems(data, source), _number_problems(data)
+    problems += bad_keys + bad_numbers
+    core: list[Problem] = []
+    config = _validate_core(data, core)
     problems += _check_paths(data)  # on the raw data, so a typo elsewhere does not hide these
     chosen = _choose_plugins(data, registry, problems)
     if "trainer_args" in data and isinstance(data["trainer_args"], dict):
         problems += _check_trainer_args(data["trainer_args"])
+    if bad_keys or bad_numbers:  # the rules below assume text keys and finite numbers
+        config = None
     if config is not None:
         config = _fill_defaults(config)
         problems += _cross_checks(config)
@@ -187,6 +196,10 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
                         problems.append(Problem((*one.path, found[0]), found[1]))
                     else:
                         problems.append(Problem(one.path, found))
+    problems += [p for p in core if not _said_better(p, problems)]
+    # one message for a nan or inf: "must be a finite number", not also "should be greater than 0"
+    numbers = {p.path for p in bad_numbers}
+    problems = [p for p in problems if p.path not in numbers or any(p is q for q in bad_numbers)]
     for problem in problems:
         problem.where = problem.where or source.where(problem.path)
     if problems:
@@ -196,9 +209,85 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
     return Resolved(config=config, source=source, **chosen)  # type: ignore[arg-type]
 
 
+def _said_better(core: Problem, others: list[Problem]) -> bool:
+    """A TrainConfig complaint about a plugin block itself (`adapter: 5`: "input should be a valid
+    string", from one member of `str | dict`) when the plugin checks said what is wrong there."""
+    path = core.path
+    if not path or path[0] not in {*PLUGIN_FIELDS, *LIST_PLUGIN_FIELDS}:
+        return False
+    if len(path) > (1 if path[0] in PLUGIN_FIELDS else 2):
+        return False
+    return any(other.path[: len(path)] == path for other in others)
+
+
 def _line_of(problem: Problem) -> tuple[int, str]:
     match = re.search(r":(\d+)$", problem.where)
     return (int(match.group(1)) if match else 10**9, problem.render())
+
+
+# ---- keys and numbers anywhere --------------------------------------------------------------
+
+
+def _mappings(data: Any, path: Path = ()) -> Any:
+    """(path, mapping) for every mapping in the data, depth first (trainer_args' contents are
+    SFTConfig's to judge)."""
+    if isinstance(data, dict):
+        yield path, data
+        if path == ("trainer_args",):
+            return
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return
+    for key, value in items:
+        yield from _mappings(value, (*path, key))
+
+
+def _key_problems(data: dict[str, Any], source: SourceMap) -> list[Problem]:
+    """A key that YAML read as something other than text (`1:`, `null:`, `yes:`) names nothing."""
+    problems = []
+    for path, mapping in _mappings(data):
+        for key in mapping:
+            if not isinstance(key, str):
+                problems.append(Problem(path, _key_message(key), source.where((*path, key))))
+    return problems
+
+
+def _key_message(key: Any) -> str:
+    shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+    if isinstance(key, bool):
+        kind = "a boolean (YAML reads yes/no/on/off/true/false as booleans)"
+    elif isinstance(key, int | float):
+        kind = "a number"
+    elif key is None:
+        kind = "null (an empty key, ~ or null)"
+    else:
+        kind = f"a {type(key).__name__}"
+    return f"key '{shown}' is {kind}, not a name; keys are text (quote it if it is one)"
+
+
+LARGEST_INT = 2**63 - 1
+
+
+def _number_problems(data: Any, path: Path = ()) -> list[Problem]:
+    """nan and inf are no setting's value (a ratio, a count, a rate, ...), and no count, size or seed
+    is beyond 64 bits (torch, numpy and the memory estimate's arithmetic could not hold it)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(path, f"must be a finite number (got {data})")]
+    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > LARGEST_INT:
+        return [Problem(path, f"is out of range: beyond 64 bits (at most {LARGEST_INT} in magnitude)")]
+    if path == ("trainer_args",):
+        return []
+    items: Any = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return [problem for key, value in items for problem in _number_problems(value, (*path, key))]
+
+
+def _is_key_error(error: Any) -> bool:
+    """pydantic's complaint about a key that is not text (reported by _key_problems instead)."""
+    return error["type"] == "invalid_key" or (
+        error["loc"][-1:] == ("[key]",) and not isinstance(error.get("input"), str)
+    )
 
 
 # ---- core keys -------------------------------------------------------------------------------
@@ -210,6 +299,8 @@ def _validate_core(data: dict[str, Any], problems: list[Problem]) -> TrainConfig
     except ValidationError as err:
         seen: set[Path] = set()
         for error in err.errors():
+            if _is_key_error(error):
+                continue
             path = _trim_loc(data, error["loc"], error["type"])
             if path in seen:
                 continue
@@ -248,10 +339,15 @@ def _message(error: Any, path: Path, model: type[BaseModel]) -> str:
         allowed = error.get("ctx", {}).get("expected", "")
         given = error.get("input")
         choices = re.findall(r"'([^']*)'", allowed)
-        return f"unknown value {given!r}{did_you_mean(str(given), choices)}; expected one of {allowed}"
+        return f"unknown value {_short(given)}{did_you_mean(str(given), choices)}; expected one of {allowed}"
     given = error.get("input")
-    shown = f" (got {given!r})" if not isinstance(given, dict | list) else ""
+    shown = f" (got {_short(given)})" if not isinstance(given, dict | list) else ""
     return f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
@@ -298,11 +394,15 @@ def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: lis
     if isinstance(block, str):
         block = {"type": block}
     if not isinstance(block, dict):
-        problems.append(Problem(path, "must be a plugin name or a mapping with 'type'"))
+        given = f"a list {block!r:.60}" if isinstance(block, list) else repr(block)
+        problems.append(Problem(path, f"must be a plugin name or a mapping with 'type' (got {given})"))
         return None
     name = block.get("type")
-    if not isinstance(name, str):
+    if "type" not in block:
         problems.append(Problem((*path, "type"), "required key 'type' (the plugin name) is missing"))
+        return None
+    if not isinstance(name, str):
+        problems.append(Problem((*path, "type"), f"must be a plugin name (got {name!r})"))
         return None
     try:
         entry = registry.entry(kind, name)
@@ -324,6 +424,8 @@ def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: lis
         parsed = cls.Options.model_validate(options)
     except ValidationError as err:
         for error in err.errors():
+            if _is_key_error(error):
+                continue
             sub = _trim_loc(options, error["loc"], error["type"])
             problems.append(Problem((*path, *sub), _message(error, sub, cls.Options)))
         return None
@@ -348,6 +450,8 @@ def _check_trainer_args(args: dict[str, Any]) -> list[Problem]:
     problems = []
     for key in args:
         path = ("trainer_args", key)
+        if not isinstance(key, str):
+            continue  # reported by _key_problems
         if key in OWNED_BY_TOP_LEVEL:
             problems.append(Problem(path, f"set this with the top-level key '{OWNED_BY_TOP_LEVEL[key]}'"))
         elif key not in known:
@@ -484,6 +588,8 @@ def plugin_name(block: Any) -> str | None:
 
 def _is_multiple(big: float, small: float) -> bool:
     ratio = big / small
+    if not math.isfinite(ratio):  # e.g. eval_steps 5e-324: no whole number of them fits
+        return False
     return abs(ratio - round(ratio)) < 1e-6 and round(ratio) >= 1
 
 

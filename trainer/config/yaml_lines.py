@@ -1,7 +1,10 @@
 """YAML loading that keeps line numbers: `load_yaml` returns the data plus a path -> line map.
 
-Only the safe loader's node types are constructed (`yaml.safe_load` semantics), except that
-`1e-4` (an exponent without a dot, YAML 1.2 style) is read as a float, not as a string.
+Only the safe loader's node types are constructed (`yaml.safe_load` semantics, merge keys `<<`
+included), except that `1e-4` (an exponent without a dot, YAML 1.2 style) is read as a float, not as a
+string. What does not load (bad syntax, a duplicate key, a key that is a list or a mapping, a value its
+tag cannot read, nesting deeper than MAX_DEPTH, a recursive alias, a file that is not UTF-8) is a
+`YamlSyntaxError` with the line.
 """
 
 from __future__ import annotations
@@ -14,9 +17,31 @@ import yaml
 
 from trainer.config.errors import Path
 
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists a config may have (PyYAML composes recursively)."""
+
+MAX_VALUES = 100_000
+"""Most values a config may expand to (aliases can repeat a subtree exponentially)."""
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 class Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that also reads `1e-4` / `2E5` as floats (PyYAML 1.1 reads strings)."""
+    """`yaml.SafeLoader` that also reads `1e-4` / `2E5` as floats (PyYAML 1.1 reads strings) and
+    refuses nesting deeper than MAX_DEPTH with the line, instead of exhausting Python's stack."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 Loader.add_implicit_resolver(
@@ -53,42 +78,151 @@ class YamlSyntaxError(Exception):
         self.file, self.line, self.message = file, line, message
 
 
-def _construct(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+class _Builder:
+    """Plain data from a composed node tree, recording the line of every path on the way."""
+
+    def __init__(self, loader: Loader, lines: dict[Path, int]):
+        self.loader, self.lines = loader, lines
+        self.ancestors: set[int] = set()
+        self.count = 0
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise YamlSyntaxError("", _line(node), f"expands to more than {MAX_VALUES} values (aliases?)")
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self.lines[path] = _line(node)
+            return self.scalar(node)
+        if id(node) in self.ancestors:
+            raise YamlSyntaxError("", _line(node), "an alias refers to a collection that contains it")
+        default = "tag:yaml.org,2002:" + ("seq" if isinstance(node, yaml.SequenceNode) else "map")
+        if node.tag != default:
+            kind = "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise YamlSyntaxError("", _line(node), f"tag '{tag}' is not supported on a {kind}")
+        self.ancestors.add(id(node))
+        try:
+            self.lines[path] = _line(node)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return self.mapping(node, path)
+        finally:
+            self.ancestors.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
+        merged: list[yaml.Node] = []
         for key_node, value_node in node.value:
-            key = Loader.construct_object(_LOADER, key_node, deep=True)  # type: ignore[arg-type]
+            if key_node.tag == MERGE_TAG:
+                merged.append(value_node)
+                continue
+            key = self.key(key_node)
             if key in out:
-                raise YamlSyntaxError("", key_node.start_mark.line + 1, f"duplicate key '{key}'")
+                raise YamlSyntaxError("", _line(key_node), f"duplicate key '{key}'")
             child = (*path, key)
-            out[key] = _construct(value_node, child, lines)
-            lines[child] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, child)
+            self.lines[child] = _line(key_node)
+        # `<<: *defaults` (YAML merge keys, as yaml.safe_load reads them): keys set here win, then
+        # the first merged mapping that has the key.
+        for value_node in merged:
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise YamlSyntaxError(
+                        "", _line(source), "a merge key '<<' takes a mapping or a list of mappings"
+                    )
+                outer, self.lines = self.lines, {}
+                try:
+                    found = self.build(source, path)
+                finally:
+                    inner, self.lines = self.lines, outer
+                for key, value in found.items():
+                    if key not in out:
+                        out[key] = value
+                        child = (*path, key)
+                        self.lines.update((p, n) for p, n in inner.items() if p[: len(child)] == child)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]
-    return Loader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+
+    def key(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
+            raise YamlSyntaxError("", _line(node), f"a key must be a single value, not a {kind}")
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError) as err:  # e.g. `!!float abc`, `!!int 3.5`
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise YamlSyntaxError("", _line(node), f"cannot read {node.value!r} as {tag} ({err})") from None
 
 
-_LOADER = Loader("")
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
 
 
 def load_yaml_text(text: str, file: str) -> tuple[Any, SourceMap]:
-    """Parse YAML text into plain data and a SourceMap of line numbers."""
+    """Parse YAML text into plain data and a SourceMap of line numbers (an empty file is `{}`)."""
     source = SourceMap(file=file)
+    data = _parse(text, file, source.lines)
+    return ({} if data is _EMPTY else data), source
+
+
+_EMPTY = object()
+
+
+def _parse(text: str, file: str, lines: dict[Path, int]) -> Any:
+    """The document's data (_EMPTY when there is none), recording lines; raises YamlSyntaxError."""
+    loader: Loader | None = None
     try:
-        node = yaml.compose(text, Loader=Loader)
-        data = {} if node is None else _construct(node, (), source.lines)
+        loader = Loader(text)
+        node = loader.get_single_node()
+        data = _EMPTY if node is None else _Builder(loader, lines).build(node, ())
     except YamlSyntaxError as err:
         raise YamlSyntaxError(file, err.line, err.message) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 0
         raise YamlSyntaxError(file, line, f"invalid YAML: {err.problem or err}") from None
-    return data, source
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow, e.g. a control character
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
+        raise YamlSyntaxError(
+            file,
+            line,
+            f"invalid YAML: character {char} at column {column} is not allowed (YAML takes "
+            "printable characters only)",
+        ) from None
+    except yaml.YAMLError as err:
+        raise YamlSyntaxError(file, 0, f"invalid YAML: {err}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data
+
+
+def load_value(text: str) -> Any:
+    """One value written in YAML (a command-line override), read like a config file's values; an
+    empty document is None. Raises YamlSyntaxError (without a file; the line is within `text`)."""
+    data = _parse(text, "", {})
+    return None if data is _EMPTY else data
 
 
 def load_yaml(path: str) -> tuple[Any, SourceMap]:
     """Read and parse a YAML file, keeping line numbers."""
-    with open(path, encoding="utf-8") as handle:
-        return load_yaml_text(handle.read(), path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise YamlSyntaxError(
+            path,
+            line,
+            f"not UTF-8 text: byte 0x{raw[err.start]:02x} at column {column} (save the file as UTF-8)",
+        ) from None
+    return load_yaml_text(text, path)
