@@ -236,12 +236,16 @@ def test_underfitting_run(tiny_model, toy_data, tmp_path):
     assert_png(tmp_path / "out" / CURVES_NAME)
 
 
-def test_run_name_from_trainer_args(tiny_model, toy_data, tmp_path):
+def test_run_name_key(tiny_model, toy_data, tmp_path):
     from trainer.build import plan
+    from trainer.config.errors import ConfigErrors
     from trainer.config.validate import load_config
 
-    config = toy_config(
-        tiny_model, toy_data / "train.jsonl", tmp_path / "out", trainer_args={"run_name": "mine"}
-    )
+    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", run_name="mine")
     _, args = plan(load_config(str(write_yaml(tmp_path / "cfg.yml", config))))
     assert args.run_name == "mine"
+    config = toy_config(
+        tiny_model, toy_data / "train.jsonl", tmp_path / "out", trainer_args={"run_name": "x"}
+    )
+    with pytest.raises(ConfigErrors, match="run_name"):
+        load_config(str(write_yaml(tmp_path / "cfg.yml", config)))

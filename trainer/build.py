@@ -7,6 +7,7 @@ setting one key to different values is a config error naming both.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +87,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     elif config.warmup_steps is not None:
         warmup = config.warmup_steps
     evaluating = config.eval_strategy != "no"
-    # wandb / mlflow / comet name the run by this; trainer_args: {run_name: ...} overrides it
-    run_name = getattr(config, "run_name", None) or os.path.basename(os.path.normpath(config.output_dir))
+    # wandb / mlflow name the run by this
+    run_name = config.run_name or os.path.basename(os.path.normpath(config.output_dir))
     args: dict[str, Any] = {
         "output_dir": config.output_dir,
         "per_device_train_batch_size": config.micro_batch_size,
@@ -164,6 +165,53 @@ def sft_config(config: TrainConfig, merged: Merged) -> Any:
         raise ConfigErrors([Problem(("trainer_args",), f"rejected by SFTConfig: {err}")]) from None
 
 
+def remote_code_warning(config: TrainConfig) -> str | None:
+    """The warning for `trust_remote_code: true`, or None when it is off (the default): transformers
+    then imports and runs the Python files shipped with the model (and the tokenizer)."""
+    if not config.trust_remote_code:
+        return None
+    sources = [config.base_model]
+    if config.tokenizer and config.tokenizer != config.base_model:
+        sources.append(config.tokenizer)
+    return (
+        "warning: trust_remote_code is on: the model's own Python code from "
+        f"{' and '.join(sources)} will run on this machine"
+    )
+
+
+_warned: set[str] = set()
+
+
+def warn_remote_code(config: TrainConfig) -> None:
+    """Print `remote_code_warning` to stderr once per process and only on the main one: not on ranks
+    other than 0, and not in the processes the train command started (it warned before starting them)."""
+    text = remote_code_warning(config)
+    if text is None or text in _warned:
+        return
+    _warned.add(text)
+    from trainer.run import CHECKED_ENV  # set only for the processes the train command starts
+
+    if os.environ.get("RANK", "0") != "0" or os.environ.get(CHECKED_ENV) == "1":
+        return
+    print(text, file=sys.stderr, flush=True)
+
+
+def check_remote_code(config: TrainConfig, merged: Merged) -> None:
+    """Only the config's own `trust_remote_code` decides: a plugin's model_kwargs may not change it."""
+    owner = merged.owners.get("model_kwargs.trust_remote_code")
+    value = merged.model_kwargs.get("trust_remote_code", config.trust_remote_code)
+    if owner is not None and value != config.trust_remote_code:
+        raise ConfigErrors(
+            [
+                Problem(
+                    ("trust_remote_code",),
+                    f"{owner} sets trust_remote_code={value!r}, which the config sets to "
+                    f"{config.trust_remote_code!r}",
+                )
+            ]
+        )
+
+
 def load_tokenizer(config: TrainConfig) -> Any:
     """The run's tokenizer, with the config's `special_tokens` and `tokens` added."""
     return load_tokenizer_and_new_ids(config)[0]
@@ -176,6 +224,7 @@ def load_tokenizer_and_new_ids(config: TrainConfig) -> tuple[Any, list[int]]:
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
+    warn_remote_code(config)
     tokenizer = AutoTokenizer.from_pretrained(
         config.tokenizer or config.base_model, trust_remote_code=config.trust_remote_code
     )
@@ -202,8 +251,13 @@ def load_model(config: TrainConfig, merged: Merged, adapter: Adapter, tokenizer:
     were added (new rows mean-initialised, transformers' default), then the adapter's preparation."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": "auto", "trust_remote_code": config.trust_remote_code, **merged.model_kwargs}
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    check_remote_code(config, merged)
+    warn_remote_code(config)
+    kwargs = {"dtype": "auto", **merged.model_kwargs}
+    kwargs.pop("trust_remote_code", None)  # equal to the config's (check_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.base_model, trust_remote_code=config.trust_remote_code, **kwargs
+    )
     rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     if tokenizer is not None and len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))
@@ -273,6 +327,7 @@ class Built:
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
     """Every plugin's contribution merged, and the SFTConfig: cheap, and fails fast on bad input."""
     merged = merge(contributions(resolved))
+    check_remote_code(resolved.config, merged)
     return merged, sft_config(resolved.config, merged)
 
 
@@ -313,6 +368,11 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         peft_config=merged.peft_config,
         callbacks=merged.callbacks or None,
         data_collator=merged.data_collator or collator,
+        watchdog={
+            "threshold": config.loss_watchdog_threshold,
+            "patience": config.loss_watchdog_patience,
+            "spike_factor": config.grad_norm_spike_factor,
+        },
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm

@@ -349,16 +349,21 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
     return MergeResult(out, parameters, str(merged.dtype).removeprefix("torch."), resized, files)
 
 
-def smoke_test(out: Path, prompt: str = "Hello", max_new_tokens: int = 8) -> tuple[str, str]:
+def smoke_test(
+    out: Path, prompt: str = "Hello", max_new_tokens: int = 8, trust_remote_code: bool = False
+) -> tuple[str, str]:
     """Reload `out` with the plain Auto classes and greedily generate a few tokens.
 
     Returns (the prompt as fed, the completion). The chat template is used when the tokenizer has one.
+    `trust_remote_code` is the run's own (RunInfo.trust_remote_code), never on by default.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(out))
-    model: Any = AutoModelForCausalLM.from_pretrained(str(out), dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=trust_remote_code)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(out), dtype="auto", trust_remote_code=trust_remote_code
+    )
     model.eval()
     text = prompt
     special = True

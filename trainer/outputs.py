@@ -13,7 +13,7 @@ from trainer.config.errors import ConfigErrors, Problem
 RESOLVED_NAME = "config.resolved.yml"
 
 
-def check_output_dir(output_dir: str, overwrite: bool, resume: bool | str | None) -> None:
+def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> None:
     """A non-empty output_dir is refused unless the config overwrites (an earlier run) or resumes."""
     if not os.path.isdir(output_dir) or set(os.listdir(output_dir)) <= {RESOLVED_NAME}:
         return  # empty, or a run of ours that stopped before training (only its resolved config)
@@ -25,7 +25,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resume: bool | str | None
                 Problem(
                     ("output_dir",),
                     f"'{output_dir}' exists and is not empty; set "
-                    "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true",
+                    "overwrite_output_dir: true to replace it, or resume: auto to continue it",
                 )
             ]
         )

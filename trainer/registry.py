@@ -15,6 +15,10 @@ from trainer.config.errors import did_you_mean
 
 GROUP_PREFIX = "trainer."
 
+IMPORT_PATH_MARKS = (".", ":", "/")
+"""An unknown plugin name with one of these looks like an import path (`pkg.mod:Cls`): its error says
+that plugins come only from installed entry points. No name is ever imported."""
+
 
 class PluginError(Exception):
     """A plugin that cannot be used: unknown, ambiguous, or broken."""
@@ -100,8 +104,15 @@ class Registry:
         label = kind.rstrip("s") if kind != "attention" else "attention"
         if not claims:
             known = ", ".join(self.names(kind)) or "none installed"
+            hint = ""
+            if any(mark in name for mark in IMPORT_PATH_MARKS):
+                hint = (
+                    f". A plugin type is the name of an installed '{GROUP_PREFIX}{kind}' entry point, "
+                    "never an import path (nothing named in a config is imported); "
+                    "`python -m trainer.cli.plugins` lists the installed plugins"
+                )
             raise PluginError(
-                f"unknown {label} '{name}'{did_you_mean(name, self.names(kind))}; known: {known}"
+                f"unknown {label} '{name}'{did_you_mean(name, self.names(kind))}; known: {known}{hint}"
             )
         if len(claims) > 1:
             who = " and ".join(f"{e.distribution} {e.version} ({e.target})" for e in claims)

@@ -16,9 +16,11 @@ from typing import Any
 
 from trainer import parallel
 from trainer.build import Built, build_trainer, plan
+from trainer.checkpoints import newest_complete, resume_point
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.validate import Resolved
-from trainer.outputs import check_output_dir, clear_previous_run, save_final, write_resolved
+from trainer.outputs import RESOLVED_NAME, check_output_dir, clear_previous_run, save_final, write_resolved
+from trainer.stops import RunStopped
 
 CHECKED_ENV = "TRAINER_OUTPUT_DIR_CHECKED"
 PREPARED_ENV = "TRAINER_PREPARED_DATA"
@@ -79,7 +81,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
     # be output_dir/config.resolved.yml, which the processes still have to read. The main process
     # clears it once every process has read its config (_prepare_output_dir).
-    check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
+    check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume)
     prepared_root = config.dataset_prepared_path or tempfile.mkdtemp(prefix="trainer-prepared-")
     try:
         prepare_data(resolved, prepared_root, log)
@@ -87,10 +89,28 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
         command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
         log("launching: " + " ".join(command))
         env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root}
-        return subprocess.call(command, env=env)
+        return _run_forwarding_signals(command, env)
     finally:
         if config.dataset_prepared_path is None:
             shutil.rmtree(prepared_root, ignore_errors=True)
+
+
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run the launcher in its own session and pass it SIGTERM / SIGINT exactly once each, so that
+    it asks its processes to checkpoint and stop (rather than this process dying or killing it)."""
+    import signal
+
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def forward(signum: int, frame: Any) -> None:
+        child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def prepare_data(resolved: Resolved, root: str, log: Any) -> None:
@@ -116,7 +136,7 @@ def wants_relaunch(resolved: Resolved) -> bool:
 def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
     config = resolved.config
     if os.environ.get(CHECKED_ENV) != "1":
-        check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
+        check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume)
     barrier()  # every rank has read its config and looked before any rank writes
     if main and config.overwrite_output_dir:
         clear_previous_run(config.output_dir)
@@ -145,12 +165,48 @@ def train(resolved: Resolved, log: Any = print) -> Built:
         for line in start_report(built, state.num_processes):
             log(line)
     parallel.report_at_start(trainer, log)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint or None)
+    start = resume_point(config, log if main else _quiet)
+    if start and main:
+        log(f"resuming from {start}")
+    trainer.train(resume_from_checkpoint=start)
+    if trainer.guard.stopped is not None:
+        raise stopped_early(trainer, resolved)
     save_final(trainer, config.output_dir)
     if main:
         for line in end_report(built):
             log(line)
     return built
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def stopped_early(trainer: Any, resolved: Resolved) -> RunStopped:
+    """What a signal or the loss watchdog stopped, where the good checkpoint is, how to go on."""
+    stopped = trainer.guard.stopped
+    config = resolved.config
+    command = f"python -m trainer.cli.train {os.path.join(config.output_dir, RESOLVED_NAME)} resume=auto"
+    if config.overwrite_output_dir:
+        command += " overwrite_output_dir=false"
+    last = newest_complete(config.output_dir, _quiet)
+    if stopped.reason == "signal":
+        return RunStopped(
+            f"stopped by {stopped.detail} at step {stopped.step} of {trainer.state.max_steps}: checkpoint "
+            f"saved to {last}.\nResume with: {command}",
+            128 + stopped.signum,
+        )
+    kept = (
+        f"the last good checkpoint is {last}; resume with: {command}"
+        if last
+        else "no checkpoint was saved before it (save_steps keeps some)"
+    )
+    return RunStopped(
+        f"loss watchdog stopped the run at step {stopped.step}: {stopped.detail} "
+        f"(loss_watchdog_patience {config.loss_watchdog_patience}); the diverged weights were not "
+        f"saved, {kept}. Lower learning_rate, add warmup or check the data.",
+        1,
+    )
 
 
 def start_report(built: Built, processes: int) -> list[str]:

@@ -71,7 +71,7 @@ class Fsdp(Launched):
         if (
             self.opts.version == 1
             and self.opts.checkpoint_state_dict == "sharded"
-            and config.resume_from_checkpoint
+            and config.resume
         ):
             problems.append(
                 (

@@ -23,6 +23,7 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """Run a command; config and data errors print without a traceback and exit 2."""
     from trainer.data.readers import DataError
+    from trainer.stops import RunStopped
 
     try:
         code = main(argv)
@@ -32,6 +33,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         code = USER_ERROR
+    except RunStopped as err:
+        print(err, file=sys.stderr)
+        code = err.code
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

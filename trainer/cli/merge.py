@@ -61,6 +61,11 @@ def _merge(args: argparse.Namespace) -> int:
     print(f"run:      {info.run_dir}")
     print(f"adapter:  {info.describe()}")
     print(f"base:     {info.base_model} (loaded unquantized, dtype {args.dtype})")
+    if info.trust_remote_code:  # the run's config.resolved.yml says so
+        print(
+            f"warning:  trust_remote_code is on (from the run's config): the model's own Python code "
+            f"from {info.base_model} will run on this machine"
+        )
     for note in info.notes:
         print(f"note:     {note}")
     if info.quantized_bits:
@@ -87,7 +92,9 @@ def _merge(args: argparse.Namespace) -> int:
     if args.no_smoke_test:
         return 0
     try:
-        prompt, completion = smoke_test(result.out, args.prompt, args.max_new_tokens)
+        prompt, completion = smoke_test(
+            result.out, args.prompt, args.max_new_tokens, trust_remote_code=info.trust_remote_code
+        )
     except Exception as err:  # the model is written; say what failed and exit non-zero
         print(
             f"smoke test FAILED reloading/generating from {result.out}: {type(err).__name__}: {err}",

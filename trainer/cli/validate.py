@@ -20,6 +20,10 @@ def summary(resolved: Resolved) -> list[str]:
         return f"  {label:<{width}}{text}"
 
     lines = [f"config {resolved.source.file}: OK", row("base_model", c.base_model)]
+    if c.trust_remote_code:
+        from trainer.build import remote_code_warning
+
+        lines.append(str(remote_code_warning(c)))
     for chosen in resolved.plugins():
         opts = chosen.plugin.options.model_dump(mode="json")
         shown = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "(no options)"

@@ -161,7 +161,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed for shuffling, packing and initialization")
     # precision and memory
     bf16: bool = False
     fp16: bool = False
@@ -181,12 +181,36 @@ class TrainConfig(Strict):
     save_total_limit: int | None = Field(None, gt=0)
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
-    report_to: str | list[str] = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+    report_to: str | list[str] = Field("none", description="'none', 'wandb', 'tensorboard', 'mlflow', ...")
+    run_name: str | None = Field(
+        None, description="Run name for wandb / mlflow / tensorboard (default: output_dir's folder name)"
+    )
+    # watchdogs
+    loss_watchdog_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="Stop when the training loss stays above this for loss_watchdog_patience steps "
+        "(a nan or inf loss always counts)",
+    )
+    loss_watchdog_patience: int = Field(
+        3,
+        gt=0,
+        description="Steps in a row with a bad loss (nan, inf or above the threshold) that stop the run",
+    )
+    grad_norm_spike_factor: float | None = Field(
+        10.0,
+        gt=1,
+        description="Warn when a step's gradient norm exceeds this many times the median of the last 20 "
+        "steps (null: off)",
+    )
     # output
     output_dir: str = Field(description="Where the final model, tokenizer and logs go")
     overwrite_output_dir: bool = Field(False, description="Replace an earlier run in output_dir")
-    resume_from_checkpoint: bool | str | None = Field(
-        None, description="true = latest checkpoint in output_dir, or a checkpoint directory"
+    resume: str | None = Field(
+        None,
+        min_length=1,
+        description="'auto': continue from the newest complete checkpoint in output_dir (start afresh "
+        "when there is none), or a checkpoint directory",
     )
     # plugins
     adapter: PluginSpec = Field("full", description="Which weights train: full, lora, ...")
@@ -202,6 +226,12 @@ class TrainConfig(Strict):
         default_factory=dict, description="Any other trl.SFTConfig field, checked against SFTConfig"
     )
 
+
+RENAMED = {
+    "resume_from_checkpoint": "resume: auto (the newest checkpoint in output_dir) or resume: PATH",
+    "auto_resume_from_checkpoints": "resume: auto",
+}
+"""Keys other tools use (Axolotl, TRL) and what this tool calls them: named in the unknown-key error."""
 
 PLUGIN_FIELDS = {"adapter": "adapters", "attention": "attention", "distributed": "distributed"}
 """Single-block plugin keys of TrainConfig and their plugin kind."""

@@ -24,6 +24,7 @@ from trainer.config.overrides import apply_overrides
 from trainer.config.schema import (
     LIST_PLUGIN_FIELDS,
     PLUGIN_FIELDS,
+    RENAMED,
     DatasetSpec,
     Filters,
     SpecialTokens,
@@ -49,7 +50,7 @@ OWNED_BY_TOP_LEVEL = {
     "save_steps": "save_steps", "save_total_limit": "save_total_limit",
     "load_best_model_at_end": "load_best_model_at_end", "report_to": "report_to",
     "metric_for_best_model": "metric_for_best_model", "max_length": "sequence_len",
-    "resume_from_checkpoint": "resume_from_checkpoint", "trust_remote_code": "trust_remote_code",
+    "resume_from_checkpoint": "resume", "run_name": "run_name", "trust_remote_code": "trust_remote_code",
     "dataset_num_proc": "dataset_num_proc", "shuffle_dataset": "shuffle",
     "neftune_noise_alpha": "neftune_noise_alpha",
 }  # fmt: skip
@@ -331,6 +332,8 @@ def _trim_loc(data: Any, loc: tuple[Any, ...], kind: str) -> Path:
 def _message(error: Any, path: Path, model: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
+        if len(path) == 1 and path[0] in RENAMED:
+            return f"unknown key '{path[0]}': here it is {RENAMED[str(path[0])]}"
         fields = _fields_at(model, path[:-1])
         return f"unknown key '{path[-1]}'{did_you_mean(str(path[-1]), fields)}"
     if kind == "missing":
@@ -545,8 +548,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         problems.append(
             Problem(("filters", "max_length"), f"above sequence_len ({c.sequence_len}), so it drops nothing")
         )
-    if c.overwrite_output_dir and c.resume_from_checkpoint:
-        bad("resume_from_checkpoint", "cannot resume and overwrite output_dir at once")
+    if c.overwrite_output_dir and c.resume:
+        bad("resume", "cannot resume and overwrite output_dir at once")
     for message in _missing_optimizer_packages(c.optimizer):
         bad("optimizer", message)
     low_rank = c.optimizer.startswith(("galore_", "apollo_"))
