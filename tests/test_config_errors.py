@@ -292,7 +292,7 @@ def test_train_refuses_non_empty_output_dir(good_config: Path, base: dict[str, P
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     assert errors_of(cli("train", good_config)) == [
         f"{good_config}:7  output_dir: '{out}' exists and is not empty; set overwrite_output_dir: true "
-        "to replace it, or resume_from_checkpoint: true"
+        "to replace it, or resume: auto to continue it"
     ]
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert sorted(os.listdir(out)) == ["notes.txt"]
@@ -310,7 +310,7 @@ def test_overwrite_output_dir_only_replaces_an_earlier_run(tmp_path: Path) -> No
         check_output_dir(str(out), overwrite=False, resume=None)
     with pytest.raises(ConfigErrors, match=r"was not written by trainer \(no config.resolved.yml\)"):
         check_output_dir(str(out), overwrite=True, resume=None)
-    check_output_dir(str(out), overwrite=False, resume=True)  # resuming reads it, deletes nothing
+    check_output_dir(str(out), overwrite=False, resume="auto")  # resuming reads it, deletes nothing
     (out / RESOLVED_NAME).write_text("base_model: x\n", encoding="utf-8")
     check_output_dir(str(out), overwrite=True, resume=None)
     with pytest.raises(ConfigErrors, match="exists and is not empty"):

@@ -321,7 +321,7 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
     shutil.rmtree(out / "checkpoint-4")
     resolved = out / "config.resolved.yml"
     run(
-        [sys.executable, "-m", "trainer.cli.train", str(resolved), "resume_from_checkpoint=true"],
+        [sys.executable, "-m", "trainer.cli.train", str(resolved), "resume=auto"],
         cwd=tmp_path,
     )
     resumed = assert_saved_once(out, checkpoints | ds_json)
@@ -338,7 +338,7 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
                 "trainer.cli.train",
                 str(resolved),
                 "overwrite_output_dir=true",
-                "resume_from_checkpoint=null",
+                "resume=null",
             ],
             cwd=tmp_path,
         )

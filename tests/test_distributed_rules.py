@@ -83,10 +83,10 @@ def resolved_config(tmp_path: Path, tiny_model: Path, toy_data: Path, overrides=
 
 def test_fsdp1_sharded_resume_is_refused(tmp_path, tiny_model, toy_data):
     block = {"type": "fsdp", "version": 1}
-    found = problems(tmp_path, tiny_model, toy_data, distributed=block, resume_from_checkpoint=True)
+    found = problems(tmp_path, tiny_model, toy_data, distributed=block, resume="auto")
     assert "distributed.version: FSDP1's sharded checkpoints resume without the optimizer state" in found
     full = {**block, "checkpoint_state_dict": "full"}
-    assert problems(tmp_path, tiny_model, toy_data, distributed=full, resume_from_checkpoint=True) == ""
+    assert problems(tmp_path, tiny_model, toy_data, distributed=full, resume="auto") == ""
 
 
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path, tiny_model, toy_data):

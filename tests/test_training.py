@@ -338,7 +338,7 @@ def test_resume_from_checkpoint_continues(tiny_model, toy_data, tmp_path):
     state["log_history"].append({"marker": "from checkpoint-5", "step": 5})
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
 
-    resumed = run_api(tmp_path, config, ["resume_from_checkpoint=true", "max_steps=8"])
+    resumed = run_api(tmp_path, config, ["resume=auto", "max_steps=8"])
     history = resumed.trainer.state.log_history
     assert resumed.trainer.state.global_step == 8
     assert any(h.get("marker") == "from checkpoint-5" for h in history)

@@ -112,7 +112,7 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "eval_strategy": config.eval_strategy,
         "eval_on_start": evaluating,
         "save_strategy": config.save_strategy,
-        "save_total_limit": config.save_total_limit,
+        "save_total_limit": None,  # ours rotates (trainer.checkpoints), never deleting the newest
         "load_best_model_at_end": config.load_best_model_at_end,
         "report_to": config.report_to,
         "run_name": run_name,
@@ -368,6 +368,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         peft_config=merged.peft_config,
         callbacks=merged.callbacks or None,
         data_collator=merged.data_collator or collator,
+        save_total_limit=config.save_total_limit,
         watchdog={
             "threshold": config.loss_watchdog_threshold,
             "patience": config.loss_watchdog_patience,

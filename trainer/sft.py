@@ -41,8 +41,17 @@ class _EpochRows(TrainerCallback):
 
 
 class SFTTrainer(trl.SFTTrainer):
-    def __init__(self, *args: Any, watchdog: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        save_total_limit: int | None = None,
+        watchdog: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        # Not args.save_total_limit: with a limit of 1 transformers deletes the newest checkpoint at
+        # the end of training when another one is the best.
+        self.save_total_limit = save_total_limit
         self.add_callback(_EpochRows(self))
         self.guard = Guard(self, **(watchdog or {"threshold": None, "patience": 3, "spike_factor": None}))
         self.add_callback(self.guard)
@@ -109,7 +118,7 @@ class SFTTrainer(trl.SFTTrainer):
         if self.args.should_save:
             checkpoints.publish(output_dir, name)
             checkpoints.rotate(
-                output_dir, self.args.save_total_limit, [final, self.state.best_model_checkpoint]
+                output_dir, self.save_total_limit, [final, self.state.best_model_checkpoint]
             )
         self.accelerator.wait_for_everyone()
 

@@ -550,6 +550,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         )
     if c.overwrite_output_dir and c.resume:
         bad("resume", "cannot resume and overwrite output_dir at once")
+    elif c.resume not in (None, "auto") and not os.path.isdir(c.resume):
+        bad("resume", f"no checkpoint folder '{c.resume}' (use auto for the newest in output_dir)")
     for message in _missing_optimizer_packages(c.optimizer):
         bad("optimizer", message)
     low_rank = c.optimizer.startswith(("galore_", "apollo_"))

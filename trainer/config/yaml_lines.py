@@ -3,8 +3,8 @@
 Only the safe loader's node types are constructed (`yaml.safe_load` semantics, merge keys `<<`
 included), except that `1e-4` (an exponent without a dot, YAML 1.2 style) is read as a float, not as a
 string. What does not load (bad syntax, a duplicate key, a key that is a list or a mapping, a value its
-tag cannot read, nesting deeper than MAX_DEPTH, a recursive alias, a file that is not UTF-8) is a
-`YamlSyntaxError` with the line.
+tag cannot read, a `!!python/...` tag, nesting deeper than MAX_DEPTH, a recursive alias, a file that is
+not UTF-8) is a `YamlSyntaxError` with the line.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ MAX_VALUES = 100_000
 """Most values a config may expand to (aliases can repeat a subtree exponentially)."""
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+PYTHON_TAG = "tag:yaml.org,2002:python/"
+"""`!!python/...` tags (objects, names, modules): refused by name, never constructed."""
 
 
 class Loader(yaml.SafeLoader):
@@ -90,6 +92,11 @@ class _Builder:
         self.count += 1
         if self.count > MAX_VALUES:
             raise YamlSyntaxError("", _line(node), f"expands to more than {MAX_VALUES} values (aliases?)")
+        if str(node.tag).startswith(PYTHON_TAG):  # the safe loader could not build it anyway
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise YamlSyntaxError(
+                "", _line(node), f"tag '{tag}' is refused: a config is plain data (no Python objects)"
+            )
         if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             self.lines[path] = _line(node)
             return self.scalar(node)

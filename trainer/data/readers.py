@@ -223,8 +223,15 @@ def _load_dataset(spec: DatasetSpec) -> Any:
         if os.path.isdir(spec.path) and _is_saved_dataset(spec.path):
             loaded = datasets.load_from_disk(spec.path)
             return loaded[spec.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        # Never a dataset's loading script: datasets >= 4 has dropped them; 3.x would ask on a
+        # terminal (or follow HF_DATASETS_TRUST_REMOTE_CODE) unless told False.
         return datasets.load_dataset(
-            spec.path, name=spec.name, split=spec.split, data_files=spec.data_files, revision=spec.revision
+            spec.path,
+            name=spec.name,
+            split=spec.split,
+            data_files=spec.data_files,
+            revision=spec.revision,
+            trust_remote_code=False,
         )
     except Exception as err:
         raise DataError(spec.path, f"cannot load dataset: {type(err).__name__}: {err}") from None

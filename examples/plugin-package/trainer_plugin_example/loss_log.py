@@ -44,7 +44,7 @@ class LossLog(Callback):
         """Runs at validate time: refuse to overwrite a file the user already has. A problem is a
         message, or (option name, message) to point at that option and its line."""
         opts: LossLogOptions = self.options  # type: ignore[assignment]
-        if opts.path and os.path.exists(opts.path) and not config.resume_from_checkpoint:
+        if opts.path and os.path.exists(opts.path) and not config.resume:
             return [("path", f"'{opts.path}' already exists; remove it or choose another file")]
         return []
 
