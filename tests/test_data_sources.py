@@ -215,6 +215,7 @@ def test_data_files_on_a_local_directory_go_through_load_dataset(  # type: ignor
         "split": "train",
         "data_files": ["part-a.jsonl", "part-b.jsonl"],
         "revision": None,
+        "trust_remote_code": False,  # never a dataset's loading script
     }
     # the order of data_files is kept, and a single file may be given as a string
     calls.clear()
