@@ -92,6 +92,11 @@ def test_resume_gives_the_same_losses_and_weights(
     assert [h["step"] for h in history if "loss" in h] == list(range(1, N + 1))
     assert losses(history) == pytest.approx(losses(reference.trainer.state.log_history), abs=1e-6)
     assert max_difference(final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")) <= 1e-6
+    tokens = [
+        [h["num_tokens"] for h in run.trainer.state.log_history if "loss" in h]
+        for run in (reference, resumed)
+    ]
+    assert tokens[0] == tokens[1]  # the real-token count carries on from the checkpoint's
     # The data position is restored by skipping sampler indices: the first K steps' batches (one
     # per step here) are not loaded and collated again.
     assert len(batches) == collated_by_reference - K
@@ -195,7 +200,7 @@ def test_crash_during_save_leaves_no_broken_checkpoint(tiny_model, toy_data, tmp
 
 
 def test_sigterm_checkpoints_at_the_step_and_resume_completes(tiny_model, toy_data, tmp_path):
-    steps = 30
+    steps = 16
     out = tmp_path / "out"
     config = toy_config(
         tiny_model, toy_data / "train.jsonl", out, max_steps=steps, max_train_samples=40,
@@ -214,7 +219,7 @@ def test_sigterm_checkpoints_at_the_step_and_resume_completes(tiny_model, toy_da
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "SIGTERM received: saving a checkpoint at the end of this step" in stdout
-    found = re.search(r"stopped by SIGTERM at step (\d+) of 30: checkpoint saved to (\S+)\.", stderr)
+    found = re.search(r"stopped by SIGTERM at step (\d+) of 16: checkpoint saved to (\S+)\.", stderr)
     assert found, stderr[-3000:]
     stopped = int(found.group(1))
     assert 1 <= stopped < steps

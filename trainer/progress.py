@@ -9,6 +9,8 @@ from tqdm.auto import tqdm
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import has_length
 
+from trainer.sft import logged_tokens
+
 
 class TokenProgress(ProgressCallback):
     """transformers' ProgressCallback, with the real-token rate in the bar and in each printed log line.
@@ -23,11 +25,13 @@ class TokenProgress(ProgressCallback):
         super().__init__(max_str_len)
         self._started = time.perf_counter()
         self._evaluating = 0.0  # seconds spent in evaluation since the start
+        self._tokens_before = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, disable=None)
         self.current_step = 0
+        self._tokens_before = logged_tokens(state.log_history)  # resumed: trained before this session
         self._started = time.perf_counter()
         self._evaluating = 0.0
 
@@ -47,7 +51,7 @@ class TokenProgress(ProgressCallback):
         self._evaluating += sum(v for k, v in logs.items() if k.startswith("eval_") and k.endswith("runtime"))
         if "num_tokens" in logs:
             seconds = time.perf_counter() - self._started - self._evaluating
-            rate = logs["num_tokens"] / max(seconds, 1e-9)
+            rate = (logs["num_tokens"] - self._tokens_before) / max(seconds, 1e-9)
             logs["tokens_per_second"] = round(rate)  # an int prints in full
             if self.training_bar is not None:
                 self.training_bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)

@@ -89,25 +89,37 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
         command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
         log("launching: " + " ".join(command))
         env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root}
-        return _run_forwarding_signals(command, env)
+        code, signum = _run_forwarding_signals(command, env)
     finally:
         if config.dataset_prepared_path is None:
             shutil.rmtree(prepared_root, ignore_errors=True)
+    if signum:  # the processes saved and stopped; torchrun reports that as its own failure
+        import signal
+
+        raise RunStopped(
+            f"stopped by {signal.Signals(signum).name}: the newest checkpoint is "
+            f"{newest_complete(config.output_dir, _quiet)}.\nResume with: {resume_command(config)}",
+            128 + signum,
+        )
+    return code
 
 
-def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
-    """Run the launcher in its own session and pass it SIGTERM / SIGINT exactly once each, so that
-    it asks its processes to checkpoint and stop (rather than this process dying or killing it)."""
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Run the launcher in its own session and pass it SIGTERM / SIGINT as SIGTERM, so that it asks
+    its processes to checkpoint and stop (rather than this process dying or killing it). Returns the
+    launcher's exit status and the first signal passed on (0: none)."""
     import signal
 
     child = subprocess.Popen(command, env=env, start_new_session=True)
+    forwarded: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+        forwarded.append(signum)
+        child.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return child.wait()
+        return child.wait(), (forwarded[0] if forwarded else 0)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -182,13 +194,17 @@ def _quiet(line: str) -> None:
     pass
 
 
+def resume_command(config: Any) -> str:
+    """The command that continues this run from its newest checkpoint."""
+    command = f"python -m trainer.cli.train {os.path.join(config.output_dir, RESOLVED_NAME)} resume=auto"
+    return command + (" overwrite_output_dir=false" if config.overwrite_output_dir else "")
+
+
 def stopped_early(trainer: Any, resolved: Resolved) -> RunStopped:
     """What a signal or the loss watchdog stopped, where the good checkpoint is, how to go on."""
     stopped = trainer.guard.stopped
     config = resolved.config
-    command = f"python -m trainer.cli.train {os.path.join(config.output_dir, RESOLVED_NAME)} resume=auto"
-    if config.overwrite_output_dir:
-        command += " overwrite_output_dir=false"
+    command = resume_command(config)
     last = newest_complete(config.output_dir, _quiet)
     if stopped.reason == "signal":
         return RunStopped(

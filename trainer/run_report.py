@@ -149,8 +149,8 @@ def summary(trainer: Any, parameters: tuple[int, int], diagnosis: str) -> dict[s
     runtime = float(ran["train_runtime"]) if ran else None
     if tokens is not None:
         rows["tokens trained"] = f"{int(tokens['num_tokens']):,} (real tokens, all processes)"
-        if runtime:
-            rate = tokens["num_tokens"] / runtime
+        if runtime:  # this session's tokens: a resumed run trained the others before
+            rate = (tokens["num_tokens"] - getattr(trainer, "tokens_before", 0)) / runtime
             rows["tokens/s"] = f"{rate:,.0f} (over the wall time, evaluation included)"
     trainable, total = parameters
     if total:

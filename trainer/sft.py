@@ -40,6 +40,21 @@ class _EpochRows(TrainerCallback):
             set_epoch(int(state.epoch))
 
 
+def logged_tokens(history: list[dict[str, Any]]) -> int:
+    """The last logged `num_tokens` (0 before any): where a resumed run's count carries on from."""
+    return next((int(h["num_tokens"]) for h in reversed(history) if "num_tokens" in h), 0)
+
+
+class _ResumedTokens(TrainerCallback):
+    """A resumed run counts on from the checkpoint's `num_tokens` instead of from 0."""
+
+    def __init__(self, trainer: SFTTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.tokens_before = self.trainer._total_train_tokens = logged_tokens(state.log_history)
+
+
 class SFTTrainer(trl.SFTTrainer):
     def __init__(
         self,
@@ -53,6 +68,8 @@ class SFTTrainer(trl.SFTTrainer):
         # the end of training when another one is the best.
         self.save_total_limit = save_total_limit
         self.add_callback(_EpochRows(self))
+        self.add_callback(_ResumedTokens(self))
+        self.tokens_before = 0  # real tokens trained before this session (by the checkpoint resumed)
         self.guard = Guard(self, **(watchdog or {"threshold": None, "patience": 3, "spike_factor": None}))
         self.add_callback(self.guard)
         self._step_loss: Any = None  # this optimizer step's loss so far (sum over micro-batches)
@@ -117,9 +134,7 @@ class SFTTrainer(trl.SFTTrainer):
                 self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
         if self.args.should_save:
             checkpoints.publish(output_dir, name)
-            checkpoints.rotate(
-                output_dir, self.save_total_limit, [final, self.state.best_model_checkpoint]
-            )
+            checkpoints.rotate(output_dir, self.save_total_limit, [final, self.state.best_model_checkpoint])
         self.accelerator.wait_for_everyone()
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -145,6 +160,6 @@ class SFTTrainer(trl.SFTTrainer):
             if window[1] > 0:
                 logs["padding_efficiency"] = round(window[0] / window[1], 4)
             self._logged = (real, processed)
-            self._total_train_tokens = real
-            self._metrics["train"]["num_tokens"] = [float(real)]
+            self._total_train_tokens = self.tokens_before + real
+            self._metrics["train"]["num_tokens"] = [float(self._total_train_tokens)]
         super().log(logs, start_time)

@@ -68,11 +68,7 @@ class Fsdp(Launched):
                 "GaLore cannot run under fsdp: its optimizer projects whole weight matrices, which FSDP "
                 "shards across processes (use distributed: ddp)"
             )
-        if (
-            self.opts.version == 1
-            and self.opts.checkpoint_state_dict == "sharded"
-            and config.resume
-        ):
+        if self.opts.version == 1 and self.opts.checkpoint_state_dict == "sharded" and config.resume:
             problems.append(
                 (
                     "version",
