@@ -79,10 +79,25 @@ def toy_config(model: Path, data: Path, output_dir: Path, **overrides: Any) -> d
         "lr_scheduler": "constant",
         "save_strategy": "no",
         "logging_steps": 1,
+        "training_curves": False,  # drawn by the tests that look at it (0.5 s a run otherwise)
         "output_dir": str(output_dir),
     }
     config.update(overrides)
     return config
+
+
+def examples_layout(root: Path, model: Path, data: Path) -> Path:
+    """`root` laid out like the repo after the quickstart: models/, data/ and examples/, so the
+    example configs' relative paths resolve."""
+    import shutil
+
+    (root / "models").mkdir()
+    (root / "models" / "tiny-llama").symlink_to(model)
+    (root / "data").mkdir()
+    (root / "data" / "toy").symlink_to(data)
+    shutil.copy(data / "train.jsonl", root / "data" / "train.jsonl")  # the pythia recipe's file
+    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("plugin-package"))
+    return root
 
 
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:

@@ -17,7 +17,6 @@ import io
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import traceback
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, examples_layout
 
 SEED = 1234
 MUTATIONS_PER_EXAMPLE = 75  # x 21 examples: ~1,600 cases
@@ -573,13 +572,7 @@ def report(failures: list[tuple[str, str, str]], total: int) -> str:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, toy_data: Path) -> Path:
     """Laid out like the repo after the quickstart (as in tests/test_examples.py), plus fuzz/."""
-    root = tmp_path_factory.mktemp("fuzz")
-    (root / "models").mkdir()
-    (root / "models" / "tiny-llama").symlink_to(tiny_model)
-    (root / "data").mkdir()
-    (root / "data" / "toy").symlink_to(toy_data)
-    shutil.copy(toy_data / "train.jsonl", root / "data" / "train.jsonl")
-    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("plugin-package"))
+    root = examples_layout(tmp_path_factory.mktemp("fuzz"), tiny_model, toy_data)
     (root / "fuzz").mkdir()
     for name, files in BROKEN_MODELS.items():
         folder = root / "models" / "broken" / name

@@ -301,8 +301,18 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
         assert filled["zero_optimization"]["stage"] == block["stage"]
 
     if backend == "zero2":
-        return  # ZeRO-3 covers DeepSpeed's refusal and resume paths; the suite's time is tight
-    # The same command again is refused before any process starts: exit 2, files untouched.
+        return  # ZeRO-3 covers DeepSpeed's resume path; the suite's time is tight
+    if backend == "ddp":  # the refusal comes before any launch, the same for every backend
+        assert_rerun_refused(cfg, out, tmp_path)
+    if backend == "fsdp1":
+        return  # its sharded checkpoints lose the optimizer state: resuming is refused at validate
+    resume_and_compare(out, state, checkpoints | ds_json, tmp_path)
+    if backend == "ddp":
+        overwrite_from_resolved(out, reference, start_weights, checkpoints, tmp_path)
+
+
+def assert_rerun_refused(cfg: Path, out: Path, tmp_path: Path) -> None:
+    """The same command again is refused before any process starts: exit 2, files untouched."""
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = subprocess.run(
         [sys.executable, "-m", "trainer.cli.train", str(cfg)],
@@ -316,9 +326,10 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
     assert "launching:" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
-    if backend == "fsdp1":
-        return  # its sharded checkpoints lose the optimizer state: resuming is refused at validate
-    # Pre-empted after step 2: resume in place from the run's own config.resolved.yml.
+
+def resume_and_compare(out: Path, state: dict[str, Any], files: frozenset[str], tmp_path: Path) -> None:
+    """Pre-empted after step 2: resume in place from the run's own config.resolved.yml; steps 3 and
+    4 and the final weights come out the same."""
     first_weights, first_losses = weights(out), losses(state)
     shutil.rmtree(out / "checkpoint-4")
     resolved = out / "config.resolved.yml"
@@ -326,26 +337,21 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
         [sys.executable, "-m", "trainer.cli.train", str(resolved), "resume=auto"],
         cwd=tmp_path,
     )
-    resumed = assert_saved_once(out, checkpoints | ds_json)
+    resumed = assert_saved_once(out, files)
     assert losses(resumed)[2:] == pytest.approx(first_losses[2:], rel=1e-6)  # steps 3 and 4
     for key, tensor in weights(out).items():
         assert torch.allclose(tensor, first_weights[key], atol=1e-6, rtol=0), key
-    if backend == "ddp":
-        # Overwriting from the resolved file inside output_dir: the processes it starts must still
-        # find that file (output_dir is cleared only after every process has read its config).
-        run(
-            [
-                sys.executable,
-                "-m",
-                "trainer.cli.train",
-                str(resolved),
-                "overwrite_output_dir=true",
-                "resume=null",
-            ],
-            cwd=tmp_path,
-        )
-        assert_saved_once(out, checkpoints)
-        assert_same_model(out, reference, start_weights)
+
+
+def overwrite_from_resolved(
+    out: Path, reference: dict[str, Any], start: dict[str, Any], files: frozenset[str], tmp_path: Path
+) -> None:
+    """Overwriting from the resolved file inside output_dir: the processes it starts must still find
+    that file (output_dir is cleared only after every process has read its config)."""
+    command = ["-m", "trainer.cli.train", str(out / "config.resolved.yml"), "overwrite_output_dir=true"]
+    run([sys.executable, *command, "resume=null"], cwd=tmp_path)
+    assert_saved_once(out, files)
+    assert_same_model(out, reference, start)
 
 
 def lora_config(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, examples_layout
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
 
@@ -29,14 +28,7 @@ GPU_ONLY = {
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, toy_data: Path) -> Path:
     """A folder laid out like the repo after the quickstart: models/, data/ and examples/."""
-    root = tmp_path_factory.mktemp("examples")
-    (root / "models").mkdir()
-    (root / "models" / "tiny-llama").symlink_to(tiny_model)
-    (root / "data").mkdir()
-    (root / "data" / "toy").symlink_to(toy_data)
-    shutil.copy(toy_data / "train.jsonl", root / "data" / "train.jsonl")  # the pythia recipe's file
-    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("plugin-package"))
-    return root
+    return examples_layout(tmp_path_factory.mktemp("examples"), tiny_model, toy_data)
 
 
 def test_there_are_examples() -> None:

@@ -125,6 +125,7 @@ def overfit_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempP
         max_eval_samples=16,
         eval_steps=4,
         report_to="tensorboard",
+        training_curves=True,
     )
     lines: list[str] = []
     built = train(load_config(str(write_yaml(tmp / "cfg.yml", config))), log=lines.append)
@@ -220,6 +221,11 @@ def test_tensorboard_events_hold_the_logged_losses(overfit_run):
     assert len(events.Scalars("eval/loss")) == 6  # steps 0, 4, ..., 20
 
 
+def test_curves_can_be_turned_off(tiny_model, toy_data, tmp_path):
+    run_api(tmp_path, toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_steps=1))
+    assert not (tmp_path / "out" / CURVES_NAME).exists()  # training_curves: false (toy_config's)
+
+
 def test_underfitting_run(tiny_model, toy_data, tmp_path):
     config = toy_config(
         tiny_model,
@@ -230,6 +236,7 @@ def test_underfitting_run(tiny_model, toy_data, tmp_path):
         test_datasets=eval_source(toy_data),
         max_eval_samples=16,
         eval_steps=4,
+        training_curves=True,
     )
     built = run_api(tmp_path, config)
     diagnosis = diagnose(built.trainer.state.log_history)

@@ -185,7 +185,7 @@ def train(resolved: Resolved, log: Any = print) -> Built:
         raise stopped_early(trainer, resolved)
     save_final(trainer, config.output_dir)
     if main:
-        for line in end_report(built):
+        for line in end_report(built, curves=config.training_curves):
             log(line)
     return built
 
@@ -243,9 +243,10 @@ def start_report(built: Built, processes: int) -> list[str]:
     return lines
 
 
-def end_report(built: Built) -> list[str]:
+def end_report(built: Built, curves: bool = True) -> list[str]:
     """The loss before and after, the summary table with the fit diagnosis, and (a side effect, on
-    the main process that calls this) output_dir/training_curves.png titled by the diagnosis."""
+    the main process that calls this, unless `curves` is off) output_dir/training_curves.png titled
+    by the diagnosis."""
     from trainer.run_report import CURVES_NAME, diagnose, summary, table, write_curves
 
     history = built.trainer.state.log_history
@@ -257,10 +258,11 @@ def end_report(built: Built) -> list[str]:
     if len(eval_losses) >= 2:
         lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
     diagnosis = diagnose(history)
-    write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis)
+    if curves:
+        write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis)
     lines += table(summary(built.trainer, built.parameters, diagnosis))
+    plot = f", {CURVES_NAME}" if curves else ""
     lines.append(
-        f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json, "
-        f"{CURVES_NAME})"
+        f"saved to {built.args.output_dir} (model, tokenizer, config.resolved.yml, trainer_state.json{plot})"
     )
     return lines

@@ -1,17 +1,6 @@
 """Why a run stops early and how it exits: `RunStopped` (exit status 128 + signal, or 1 for the loss
 watchdog), and `SignalCatcher`, which turns SIGTERM / SIGINT into a request to stop. Importing this
 is cheap (the commands' error handling does); trainer.guard acts on the requests.
-
-`Guard` is a callback that looks at every optimizer step's end, before transformers logs, evaluates
-and saves:
-- a SIGTERM or SIGINT received during training asks for a checkpoint at that step boundary and a
-  stop (a second Ctrl-C quits at once, without saving);
-- a loss that is nan, inf or above `loss_watchdog_threshold` for `loss_watchdog_patience` steps in a
-  row stops the run without saving the diverged weights; while such a streak lasts no checkpoint is
-  written, so the newest one is the last good one;
-- a gradient norm above `grad_norm_spike_factor` x the median of the last 20 steps is reported.
-The step's loss and the stop requests are summed over processes in one collective, so every process
-takes the same decision at the same step.
 """
 
 from __future__ import annotations

@@ -182,6 +182,9 @@ class TrainConfig(Strict):
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     report_to: str | list[str] = Field("none", description="'none', 'wandb', 'tensorboard', 'mlflow', ...")
+    training_curves: bool = Field(
+        True, description="Draw output_dir/training_curves.png (loss, eval loss, lr, grad norm) at the end"
+    )
     run_name: str | None = Field(
         None, description="Run name for wandb / mlflow / tensorboard (default: output_dir's folder name)"
     )
