@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write_yaml
+from tests.conftest import run_api, write_yaml
 
 torch = pytest.importorskip("torch")
 
@@ -150,8 +150,7 @@ def single_run(tiny_model: Path, rows: Path, tmp_path_factory: pytest.TempPathFa
     """One process, micro_batch_size 4: the same global batch as 2 processes x 2."""
     tmp = tmp_path_factory.mktemp("single")
     out = tmp / "out"
-    cfg = write_yaml(tmp / "cfg.yml", sgd_config(tiny_model, rows, out, micro_batch_size=4))
-    run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp)
+    run_api(tmp, sgd_config(tiny_model, rows, out, micro_batch_size=4))  # in-process: the same run
     assert_saved_once(out)
     return out
 
@@ -234,10 +233,8 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
     data = toy_data / "train.jsonl"
     single = tmp_path / "single"
     config = sgd_config(tiny_model, data, single / "out", micro_batch_size=2, **packed)
-    done = run(
-        [sys.executable, "-m", "trainer.cli.train", str(write_yaml(single / "cfg.yml", config))], cwd=single
-    )
-    assert "packing: 12 examples -> 6 rows" in done.stdout
+    built = run_api(single, config)
+    assert built.train_dataset.summary().startswith("packing: 12 examples -> 6 rows")
     reference = weights(single / "out")
     double = tmp_path / "double"
     distributed = {"type": "ddp", "num_processes": 2}
@@ -376,7 +373,7 @@ def single_adapters(tiny_model, rows, tmp_path_factory) -> dict[str, dict[str, A
             pytest.importorskip("bitsandbytes")
         tmp = tmp_path_factory.mktemp(f"single-{adapter}")
         config = lora_config(tiny_model, rows, tmp / "out", adapter, micro_batch_size=4, max_steps=2)
-        run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(tmp / "cfg.yml", config))], cwd=tmp)
+        run_api(tmp, config)
         found[adapter] = adapter_weights(tmp / "out")
     return found
 
