@@ -248,14 +248,14 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
 
 BACKENDS = {
     "ddp": ({"type": "ddp"}, "DDP", "100%"),
-    "fsdp1": ({"type": "fsdp", "version": 1}, "FSDP1 (full_shard)", "50%"),
     "fsdp2": ({"type": "fsdp", "version": 2}, "FSDP2 (full_shard)", "50%"),
-    "zero2": ({"type": "deepspeed", "stage": 2}, "DeepSpeed ZeRO-2", "100%"),
     "zero3": ({"type": "deepspeed", "stage": 3}, "DeepSpeed ZeRO-3", "50%"),
 }
 """Each backend's block, the name the run reports, and the share of the weights process 0 holds."""
 
 
+# FSDP1 and ZeRO-2 left this matrix (about 60 s) to keep the suite inside 15 minutes on 2 cores;
+# FSDP2 and ZeRO-3 cover the sharded paths, and their config rules stay in test_distributed_rules.
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_one_process_saves_whole_and_resumes(
     tiny_model, rows, single_run, reference, start_weights, tmp_path, backend
@@ -297,12 +297,8 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
         assert filled["train_micro_batch_size_per_gpu"] == 2 and filled["train_batch_size"] == 4
         assert filled["zero_optimization"]["stage"] == block["stage"]
 
-    if backend == "zero2":
-        return  # ZeRO-3 covers DeepSpeed's resume path; the suite's time is tight
     if backend == "ddp":  # the refusal comes before any launch, the same for every backend
         assert_rerun_refused(cfg, out, tmp_path)
-    if backend == "fsdp1":
-        return  # its sharded checkpoints lose the optimizer state: resuming is refused at validate
     resume_and_compare(out, state, checkpoints | ds_json, tmp_path)
     if backend == "ddp":
         overwrite_from_resolved(out, reference, start_weights, checkpoints, tmp_path)
