@@ -31,7 +31,13 @@ SPIKE_MIN_HISTORY = 5
 class Guard(TrainerCallback):
     """See the module docstring; `trainer` is our SFTTrainer (its step loss and grad norm)."""
 
-    def __init__(self, trainer: Any, threshold: float | None, patience: int, spike_factor: float | None):
+    def __init__(
+        self,
+        trainer: Any,
+        threshold: float | None = None,
+        patience: int = 3,
+        spike_factor: float | None = None,
+    ):
         self.trainer = trainer
         self.threshold, self.patience, self.spike_factor = threshold, patience, spike_factor
         self.signals = SignalCatcher()
@@ -39,7 +45,6 @@ class Guard(TrainerCallback):
         self.bad_steps: list[int] = []
         self.last_bad_loss = 0.0
         self.norms: deque[float] = deque(maxlen=SPIKE_WINDOW)
-        self.spikes = 0
 
     def say(self, line: str) -> None:
         if self.trainer.is_world_process_zero():
@@ -109,13 +114,11 @@ class Guard(TrainerCallback):
         if norm is None or self.spike_factor is None:
             return
         if not math.isfinite(norm):
-            self.spikes += 1
             self.say(f"warning: gradient norm {norm} at step {step}")
             return
         if len(self.norms) >= SPIKE_MIN_HISTORY:
             median = statistics.median(self.norms)
             if median > 0 and norm > self.spike_factor * median:
-                self.spikes += 1
                 self.say(
                     f"warning: gradient-norm spike at step {step}: {norm:.4g}, {norm / median:.1f}x the "
                     f"median {median:.4g} of the last {len(self.norms)} steps"

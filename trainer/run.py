@@ -169,6 +169,7 @@ def train(resolved: Resolved, log: Any = print) -> Built:
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process
     _prepare_output_dir(as_written, main, state.wait_for_everyone)
+    start = resume_point(config, log if main else _quiet)  # a bad `resume` fails before any loading
     if launched():
         resolved.distributed.plugin.init_processes()  # type: ignore[attr-defined]
     built = build_trainer(resolved, (merged, args))
@@ -177,7 +178,6 @@ def train(resolved: Resolved, log: Any = print) -> Built:
         for line in start_report(built, state.num_processes):
             log(line)
     parallel.report_at_start(trainer, log)
-    start = resume_point(config, log if main else _quiet)
     if start and main:
         log(f"resuming from {start}")
     trainer.train(resume_from_checkpoint=start)

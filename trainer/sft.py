@@ -7,7 +7,7 @@ out before the forward and logs, with each training loss:
 - `num_tokens`: real tokens trained on so far, over all processes. TRL's own count sums the
   attention mask, which for a packed 4D mask counts attention pairs, not tokens.
 
-Checkpoints are staged and renamed into place (trainer.checkpoints), and `Guard` (trainer.stops)
+Checkpoints are staged and renamed into place (trainer.checkpoints), and `Guard` (trainer.guard)
 watches every step for stop signals, a diverging loss and gradient-norm spikes.
 
 It moves a packed training set to each epoch's rows at the epoch's start, on every process
@@ -70,7 +70,7 @@ class SFTTrainer(trl.SFTTrainer):
         self.add_callback(_EpochRows(self))
         self.add_callback(_ResumedTokens(self))
         self.tokens_before = 0  # real tokens trained before this session (by the checkpoint resumed)
-        self.guard = Guard(self, **(watchdog or {"threshold": None, "patience": 3, "spike_factor": None}))
+        self.guard = Guard(self, **(watchdog or {}))
         self.add_callback(self.guard)
         self._step_loss: Any = None  # this optimizer step's loss so far (sum over micro-batches)
         self._grad_norm: Any = None
