@@ -1,8 +1,7 @@
 """bench/throughput.py: the probe's accounting of fed batches (fast), the whole benchmark in a tiny
-configuration (four runs, isolation check, ratios, targets, the same examples in every run). The
-end-to-end run starts 5-7 Python processes (TRL imports dominate): about a minute on 2 CPU cores,
-hence `slow`. The GPU mode's code path on CPU (`python bench/throughput.py --gpu-smoke`, ~35 s) left
-the suite for its 15-minute budget: run it by hand before a device session."""
+configuration (four runs, isolation check, ratios, targets, the same examples in every run) and the
+GPU mode's code path on CPU (`--gpu-smoke`). The two end-to-end runs start 5-7 Python processes
+each (TRL imports dominate): about a minute each on 2 CPU cores, hence `slow`."""
 
 from __future__ import annotations
 
@@ -80,3 +79,20 @@ def test_tiny_run_prints_four_runs_isolation_ratios_and_targets(tmp_path):
     isolation = record["isolation"]
     assert isolation["b"]["compute_loss"] < 1e-4 and isolation["d"]["compute_loss"] < 1e-4
     assert isolation["d"]["use_cache"] < 1e-4  # ours carries its mask: no call can lose it
+
+
+@pytest.mark.slow
+def test_gpu_mode_runs_its_code_path_on_cpu(tmp_path):
+    bench = load_bench()
+    result = tmp_path / "gpu.json"
+    text = run_bench("--gpu-smoke", "--json", str(result)).stdout
+    kernels = {k["kernel"]: k for k in json.loads(result.read_text(encoding="utf-8"))["kernels"]}
+    assert set(kernels) == set(bench.KERNELS)
+    assert kernels["sdpa"]["status"] == "ran" and kernels["sdpa"]["tokens_per_s"] > 0, kernels["sdpa"]
+    assert all(k["status"] in ("ran", "skipped") for k in kernels.values()), kernels
+    import torch
+
+    if not torch.cuda.is_available():
+        assert kernels["flex_attention"]["status"] == "skipped"
+        assert "CUDA" in kernels["flex_attention"]["reason"]
+        assert "MFU not computed" in text

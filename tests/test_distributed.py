@@ -248,14 +248,14 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
 
 BACKENDS = {
     "ddp": ({"type": "ddp"}, "DDP", "100%"),
+    "fsdp1": ({"type": "fsdp", "version": 1}, "FSDP1 (full_shard)", "50%"),
     "fsdp2": ({"type": "fsdp", "version": 2}, "FSDP2 (full_shard)", "50%"),
+    "zero2": ({"type": "deepspeed", "stage": 2}, "DeepSpeed ZeRO-2", "100%"),
     "zero3": ({"type": "deepspeed", "stage": 3}, "DeepSpeed ZeRO-3", "50%"),
 }
 """Each backend's block, the name the run reports, and the share of the weights process 0 holds."""
 
 
-# FSDP1 and ZeRO-2 left this matrix (about 60 s) to keep the suite inside 15 minutes on 2 cores;
-# FSDP2 and ZeRO-3 cover the sharded paths, and their config rules stay in test_distributed_rules.
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_one_process_saves_whole_and_resumes(
     tiny_model, rows, single_run, reference, start_weights, tmp_path, backend
@@ -274,7 +274,7 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
     )
     cfg = write_yaml(tmp_path / "cfg.yml", config)
     done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
-    assert "torch.distributed.run --nproc_per_node=2" in done.stdout  # it started them itself
+    assert "trainer.launcher --nproc_per_node=2" in done.stdout  # it started them itself
     assert "data prepared once for every process" in done.stdout  # before the processes started
     assert done.stdout.count("reused the prepared dataset") == 1  # printed by the main process
     assert f"parallel: {name} on 2 process(es); process 0 holds {held} of the weights" in done.stdout
@@ -299,6 +299,9 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
 
     if backend == "ddp":  # the refusal comes before any launch, the same for every backend
         assert_rerun_refused(cfg, out, tmp_path)
+    if backend == "fsdp1":  # its sharded checkpoints would resume without the optimizer state
+        assert_resume_refused(out, tmp_path)
+        return
     resume_and_compare(out, state, checkpoints | ds_json, tmp_path)
     if backend == "ddp":
         overwrite_from_resolved(out, reference, start_weights, checkpoints, tmp_path)
@@ -317,6 +320,22 @@ def assert_rerun_refused(cfg: Path, out: Path, tmp_path: Path) -> None:
     )
     assert again.returncode == 2 and "output_dir" in again.stderr, again.stderr[-2000:]
     assert "launching:" not in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def assert_resume_refused(out: Path, tmp_path: Path) -> None:
+    """FSDP1's sharded checkpoint is refused as a resume point (exit 2, nothing launched or changed)."""
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = subprocess.run(
+        [sys.executable, "-m", "trainer.cli.train", str(out / "config.resolved.yml"), "resume=auto"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "resume without the optimizer state" in again.stderr and "launching:" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
@@ -417,3 +436,76 @@ def test_adapter_under_sharding_saves_whole_tensors(
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)  # loads back
+
+
+KILL_STEPS = 24
+KILL_RUN = {"max_steps": KILL_STEPS, "learning_rate": 0.05}
+"""Long enough to kill it mid-run; a gentler rate than the 4-step runs, so that 24 steps of summing
+in another order (2 processes) stay within float32 noise of one process."""
+
+
+def test_killed_process_stops_the_run_names_it_and_resume_completes(
+    tiny_model, rows, start_weights, tmp_path
+):
+    """One of 2 processes SIGKILLed mid-run (as the out-of-memory killer does): the train command
+    exits non-zero within a minute naming that process, no process of the run is left (a gloo peer
+    could otherwise wait forever in a collective), and `resume=auto` continues from the newest
+    complete checkpoint to the same losses and weights as an uninterrupted run."""
+    import signal
+    import time
+
+    import psutil
+
+    single = tmp_path / "single"
+    run_api(single, sgd_config(tiny_model, rows, single / "out", micro_batch_size=4, **KILL_RUN))
+    expected = losses(json.loads((single / "out" / "trainer_state.json").read_text()))
+    out = tmp_path / "out"
+    distributed = {"type": "ddp", "num_processes": 2}
+    config = sgd_config(
+        tiny_model,
+        rows,
+        out,
+        distributed=distributed,
+        save_strategy="steps",
+        save_steps=4,
+        **KILL_RUN,
+    )
+    cfg = write_yaml(tmp_path / "cfg.yml", config)
+    command = [sys.executable, "-m", "trainer.cli.train", str(cfg)]
+    train = subprocess.Popen(
+        command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    family: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoint-4").is_dir():  # training is under way; kill in a later step
+            assert train.poll() is None and time.monotonic() < deadline, train.communicate()
+            time.sleep(0.02)
+        family = psutil.Process(train.pid).children(recursive=True)
+        victim = next(p for p in family if p.environ().get("RANK") == "1")
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        stdout, stderr = train.communicate(timeout=120)
+        took = time.monotonic() - killed_at
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode not in (0, None), stdout[-2000:]
+    assert took < 60, took
+    assert f"process 1 of 2 (pid {victim.pid}) was killed by SIGKILL" in stderr, stderr[-3000:]
+    assert "Resume with:" in stderr
+    time.sleep(0.5)
+    left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(p.pid, p.cmdline()) for p in left]
+    assert not (out / "model.safetensors").exists()  # the run did not finish
+
+    resumed = run(
+        [sys.executable, "-m", "trainer.cli.train", str(out / "config.resolved.yml"), "resume=auto"],
+        cwd=tmp_path,
+    )
+    start = re.search(r"resuming from .*checkpoint-(\d+)", resumed.stdout)
+    assert start, resumed.stdout[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == KILL_STEPS
+    assert losses(state)[int(start.group(1)) :] == pytest.approx(expected[int(start.group(1)) :], rel=1e-5)
+    assert_same_model(out, weights(single / "out"), start_weights)

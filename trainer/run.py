@@ -19,6 +19,7 @@ from trainer.build import Built, build_trainer, plan
 from trainer.checkpoints import newest_complete, resume_point
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.validate import Resolved
+from trainer.launcher import REPORT_ENV, describe_failures
 from trainer.outputs import RESOLVED_NAME, check_output_dir, clear_previous_run, save_final, write_resolved
 from trainer.stops import RunStopped
 
@@ -83,14 +84,18 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     # clears it once every process has read its config (_prepare_output_dir).
     check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume)
     prepared_root = config.dataset_prepared_path or tempfile.mkdtemp(prefix="trainer-prepared-")
+    report_dir = tempfile.mkdtemp(prefix="trainer-launch-")
     try:
         prepare_data(resolved, prepared_root, log)
         launcher = plugin.launcher_args()  # type: ignore[attr-defined]
-        command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "trainer.cli.train", *argv]
+        command = [sys.executable, "-m", "trainer.launcher", *launcher, "-m", "trainer.cli.train", *argv]
         log("launching: " + " ".join(command))
-        env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root}
+        report = os.path.join(report_dir, "failures.json")
+        env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root, REPORT_ENV: report}
         code, signum = _run_forwarding_signals(command, env)
+        failures = _read_failures(report)
     finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
         if config.dataset_prepared_path is None:
             shutil.rmtree(prepared_root, ignore_errors=True)
     if signum:  # the processes saved and stopped; torchrun reports that as its own failure
@@ -101,7 +106,26 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
             f"{newest_complete(config.output_dir, _quiet)}.\nResume with: {resume_command(config)}",
             128 + signum,
         )
+    if failures:
+        last = newest_complete(config.output_dir, _quiet)
+        where = f"the newest complete checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise RunStopped(
+            f"training failed: {describe_failures(failures, plugin.world_size())}; the launcher "  # type: ignore[attr-defined]
+            f"stopped the other processes. {where[0].upper()}{where[1:]}."
+            + (f"\nResume with: {resume_command(config)}" if last else ""),
+            1,
+        )
     return code
+
+
+def _read_failures(report: str) -> list[dict[str, Any]]:
+    """The failed processes the launcher wrote down (empty when none failed)."""
+    import json
+
+    if not os.path.isfile(report):
+        return []
+    with open(report, encoding="utf-8") as handle:
+        return list(json.load(handle))
 
 
 def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> tuple[int, int]:
@@ -188,6 +212,24 @@ def train(resolved: Resolved, log: Any = print) -> Built:
         for line in end_report(built, curves=config.training_curves):
             log(line)
     return built
+
+
+def end_processes(finished: bool) -> None:
+    """Tear down this launched process's process group in order, while the interpreter is whole.
+
+    Left to interpreter exit, gloo's worker threads can still hold work objects whose tensors need
+    the GIL during finalization, and the process aborts ("terminate called without an active
+    exception", SIGABRT) after a run that finished and saved: torchrun then reports the run failed.
+    After a finished (or stopped-and-saved) run every process first waits for the others, so no
+    process tears down while another still saves; after an error there is no barrier (a peer may be
+    gone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _quiet(line: str) -> None:

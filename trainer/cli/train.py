@@ -11,6 +11,7 @@ import sys
 from trainer.cli.common import config_parser, run
 from trainer.config.errors import ConfigErrors
 from trainer.config.validate import load_config
+from trainer.stops import RunStopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if runner.wants_relaunch(resolved):
             return runner.relaunch(resolved, argv)
-        runner.train(resolved)
+        if not runner.launched():
+            runner.train(resolved)
+            return 0
+        finished = False
+        try:
+            runner.train(resolved)
+            finished = True
+        except RunStopped:  # every process stopped at the same step, after the same save
+            finished = True
+            raise
+        finally:
+            runner.end_processes(finished)
     except ConfigErrors as err:  # found after validation (output_dir, SFTConfig): still FILE:LINE
         source = resolved.source
         for problem in err.problems:

@@ -1,0 +1,64 @@
+"""`python -m trainer.launcher TORCHRUN_ARGS...`: torchrun as the train command runs it, which also
+writes down which process failed and how.
+
+It runs torchrun's own `run()`. When a process dies (killed by a signal, such as SIGKILL from the
+out-of-memory killer, or an error exit), torchrun stops the others (SIGTERM, then SIGKILL after its
+shutdown timeout) and raises ChildFailedError; the failures go as JSON to the file named by
+$TRAINER_LAUNCH_REPORT, so the train command can name the process. A SIGTERM / SIGINT forwarded by
+the train command (a checkpoint-and-stop) exits 128 + signal without torchrun's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+REPORT_ENV = "TRAINER_LAUNCH_REPORT"
+
+
+def main(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except SignalException as err:
+        return 128 + int(err.sigval)
+    except ChildFailedError as err:
+        failures = [
+            {
+                "rank": int(rank),
+                "local_rank": failure.local_rank,
+                "pid": failure.pid,
+                "exitcode": failure.exitcode,
+                "signal": failure.signal_name() if failure.exitcode < 0 else None,
+            }
+            for rank, failure in err.failures.items()
+        ]
+        path = os.environ.get(REPORT_ENV)
+        if path:
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(failures, handle)
+        return 1
+    return 0
+
+
+def describe_failures(failures: list[dict], world_size: int) -> str:
+    """One line per failed process, processes killed by a signal first (the others usually failed
+    because they lost that peer)."""
+    ordered = sorted(failures, key=lambda f: (f["signal"] is None, f["rank"]))
+    lines = []
+    for failure in ordered:
+        how = (
+            f"was killed by {failure['signal']}"
+            if failure["signal"]
+            else f"exited with status {failure['exitcode']} (its error is above)"
+        )
+        lines.append(f"process {failure['rank']} of {world_size} (pid {failure['pid']}) {how}")
+    return "; ".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
