@@ -53,6 +53,7 @@ EXTRAS = {
     "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
     "dev": [
         "pytest>=8",
+        "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on 2 workers
         "ruff>=0.6",
         "mypy>=1.10",
         "pre-commit>=3",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install trainer with its dev tools (and the qlora, galore and deepspeed extras, whose plugins are
 # tested on CPU) and run the whole test suite (slow multi-process tests too).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`. Tests run on 2 pytest-xdist
+# workers; the multi-process tests (group "multiprocess") share one worker, one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,4 +11,4 @@ bash scripts/install.sh dev,qlora,galore,deepspeed  # QLoRA, GaLore and DeepSpee
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
 "$PYTHON" -m mypy
-"$PYTHON" -m pytest "$@"
+"$PYTHON" -m pytest -n 2 --dist loadgroup --durations=20 "$@"

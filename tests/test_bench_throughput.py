@@ -63,6 +63,7 @@ def test_feed_stats_cut_the_same_examples_out_of_padded_and_packed_batches():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
 def test_tiny_run_prints_four_runs_isolation_ratios_and_targets(tmp_path):
     result = tmp_path / "result.json"
     tiny = ["--examples", "24", "--seq-len", "96", "--median-len", "24", "--repeats", "1"]
@@ -82,6 +83,7 @@ def test_tiny_run_prints_four_runs_isolation_ratios_and_targets(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
 def test_gpu_mode_runs_its_code_path_on_cpu(tmp_path):
     bench = load_bench()
     result = tmp_path / "gpu.json"

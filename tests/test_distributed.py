@@ -28,7 +28,7 @@ from tests.conftest import run_api, write_yaml
 
 torch = pytest.importorskip("torch")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]  # they use both cores: one at a time
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 240

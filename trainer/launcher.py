@@ -46,16 +46,21 @@ def main(argv: list[str]) -> int:
 
 
 def describe_failures(failures: list[dict], world_size: int) -> str:
-    """One line per failed process, processes killed by a signal first (the others usually failed
-    because they lost that peer)."""
-    ordered = sorted(failures, key=lambda f: (f["signal"] is None, f["rank"]))
+    """The failed processes, those killed by a signal first (the others usually failed because they
+    lost that peer), those that got SIGTERM (the launcher's own stop) last."""
+
+    def order(failure: dict) -> tuple[int, int]:
+        signal = failure["signal"]
+        return (0 if signal and signal != "SIGTERM" else 1 if signal is None else 2), failure["rank"]
+
     lines = []
-    for failure in ordered:
-        how = (
-            f"was killed by {failure['signal']}"
-            if failure["signal"]
-            else f"exited with status {failure['exitcode']} (its error is above)"
-        )
+    for failure in sorted(failures, key=order):
+        if failure["signal"] == "SIGTERM":
+            how = "was stopped (SIGTERM)"
+        elif failure["signal"]:
+            how = f"was killed by {failure['signal']}"
+        else:
+            how = f"exited with status {failure['exitcode']} (its error is above)"
         lines.append(f"process {failure['rank']} of {world_size} (pid {failure['pid']}) {how}")
     return "; ".join(lines)
 

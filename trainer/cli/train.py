@@ -28,15 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         if not runner.launched():
             runner.train(resolved)
             return 0
-        finished = False
         try:
             runner.train(resolved)
-            finished = True
-        except RunStopped:  # every process stopped at the same step, after the same save
-            finished = True
+        except RunStopped as err:  # every process stopped at the same step, after the same save
+            runner.end_processes(finished=True)
+            print(err, file=sys.stderr)
+            runner.exit_process(err.code)
+        except BaseException:
+            runner.end_processes(finished=False)
             raise
-        finally:
-            runner.end_processes(finished)
+        runner.end_processes(finished=True)
+        runner.exit_process(0)
     except ConfigErrors as err:  # found after validation (output_dir, SFTConfig): still FILE:LINE
         source = resolved.source
         for problem in err.problems:
