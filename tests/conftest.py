@@ -3,9 +3,14 @@ own deterministic scripts; everything offline."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +103,68 @@ def examples_layout(root: Path, model: Path, data: Path) -> Path:
     shutil.copy(data / "train.jsonl", root / "data" / "train.jsonl")  # the pythia recipe's file
     shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("plugin-package"))
     return root
+
+
+def run_command(
+    name: str, *args: object, cwd: Path | None = None, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m trainer.cli.NAME ARGS`, run inside this process: the command's main() through the
+    same error handling (messages, exit status 2), from `cwd`, with `env` set in the environment (a
+    None value unsets; both restored after). Returns a CompletedProcess with the exit status and
+    everything written to stdout and stderr, by this process or by the processes the command starts.
+    A fresh interpreter costs ~8 s of imports, so tests start one only where the process itself is
+    under test (signals, a torch-free import, launchers, entry points)."""
+    from trainer.cli.common import run
+
+    main = importlib.import_module(f"trainer.cli.{name}").main
+    argv = [str(arg) for arg in args]
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    for key, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if cwd is not None:
+        os.chdir(cwd)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with _fds_to(out, err):
+            try:
+                run(main, argv)
+                code: Any = 0
+            except SystemExit as stop:
+                code = stop.code
+            finally:
+                os.chdir(saved_cwd)
+                os.environ.clear()
+                os.environ.update(saved_env)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    return subprocess.CompletedProcess([name, *argv], code, stdout, stderr)
+
+
+@contextlib.contextmanager
+def _fds_to(out: Any, err: Any) -> Iterator[None]:
+    """Point file descriptors 1 and 2 (which started processes inherit) and sys.stdout/sys.stderr
+    (line-buffered, so lines keep their order) at two files, and back after."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
+    # Not closed afterwards: a logging handler created meanwhile may keep one; it then writes to
+    # whatever fd 1/2 are again (pytest's capture), never to a closed file.
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved_streams
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:

@@ -5,13 +5,12 @@ plugin's own reason."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, toy_config, write_yaml
+from tests.conftest import REPO, run_command, toy_config, write_yaml
 from trainer.api import Attention, Contribution
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import TrainConfig
@@ -20,13 +19,7 @@ from trainer.registry import Entry, Registry, default_registry
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli.validate", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_command("validate", path, cwd=REPO)
 
 
 def config_file(tmp_path: Path, tiny_model: Path, toy_data: Path, **overrides: Any) -> Path:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_command
 from trainer.config.errors import ConfigErrors
 from trainer.outputs import RESOLVED_NAME, check_output_dir
 
@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(command: str, *args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", f"trainer.cli.{command}", *map(str, args)],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_command(command, *args, cwd=REPO)
 
 
 def errors_of(result: subprocess.CompletedProcess[str]) -> list[str]:

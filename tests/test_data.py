@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import run_command
 from trainer.config.validate import Resolved, load_config
 from trainer.data.encode import IGNORE, SegmentEncoder, fit
 from trainer.data.pipeline import Prepared, build_datasets, fingerprint
@@ -350,14 +349,7 @@ def test_train_cli_stops_on_bad_data_after_replacing_an_earlier_run(
         max_steps: 1
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", str(cfg)],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_command("train", cfg, cwd=REPO)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("data error:")]

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_api, write_yaml
+from tests.conftest import run_api, run_command, write_yaml
 
 torch = pytest.importorskip("torch")
 
@@ -52,16 +52,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PROCESS_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+"""What the started processes get: one torch thread each (2 processes on 2 cores)."""
+
+
 def env() -> dict[str, str]:
     clean = {
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
     }
-    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    return {**clean, **PROCESS_ENV}
 
 
 def run(command: list[str], cwd: Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{command}\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+def train(*args: object, cwd: Path, status: int = 0) -> subprocess.CompletedProcess[str]:
+    """`python -m trainer.cli.train ARGS` from `cwd`; its own part runs in this process (it only
+    starts the others), the processes it starts (the launcher, then one per rank) are real ones."""
+    done = run_command("train", *args, cwd=cwd, env=PROCESS_ENV)
+    assert done.returncode == status, f"{args}\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     return done
 
 
@@ -241,7 +253,7 @@ def test_ddp_with_sample_packing_matches_one_process(tiny_model, toy_data, start
     config = sgd_config(
         tiny_model, data, double / "out", micro_batch_size=1, distributed=distributed, **packed
     )
-    run([sys.executable, "-m", "trainer.cli.train", str(write_yaml(double / "cfg.yml", config))], cwd=double)
+    train(write_yaml(double / "cfg.yml", config), cwd=double)
     assert_saved_once(double / "out")
     assert_same_model(double / "out", reference, start_weights)
 
@@ -273,7 +285,7 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
         tiny_model, rows, out, distributed={**block, "num_processes": 2}, save_strategy="steps", save_steps=2
     )
     cfg = write_yaml(tmp_path / "cfg.yml", config)
-    done = run([sys.executable, "-m", "trainer.cli.train", str(cfg)], cwd=tmp_path)
+    done = train(cfg, cwd=tmp_path)
     assert "trainer.launcher --nproc_per_node=2" in done.stdout  # it started them itself
     assert "data prepared once for every process" in done.stdout  # before the processes started
     assert done.stdout.count("reused the prepared dataset") == 1  # printed by the main process
@@ -310,15 +322,8 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
 def assert_rerun_refused(cfg: Path, out: Path, tmp_path: Path) -> None:
     """The same command again is refused before any process starts: exit 2, files untouched."""
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", str(cfg)],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert again.returncode == 2 and "output_dir" in again.stderr, again.stderr[-2000:]
+    again = train(cfg, cwd=tmp_path, status=2)
+    assert "output_dir" in again.stderr, again.stderr[-2000:]
     assert "launching:" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
@@ -326,15 +331,7 @@ def assert_rerun_refused(cfg: Path, out: Path, tmp_path: Path) -> None:
 def assert_resume_refused(out: Path, tmp_path: Path) -> None:
     """FSDP1's sharded checkpoint is refused as a resume point (exit 2, nothing launched or changed)."""
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", str(out / "config.resolved.yml"), "resume=auto"],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert again.returncode == 2, again.stderr[-2000:]
+    again = train(out / "config.resolved.yml", "resume=auto", cwd=tmp_path, status=2)
     assert "resume without the optimizer state" in again.stderr and "launching:" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
@@ -344,11 +341,7 @@ def resume_and_compare(out: Path, state: dict[str, Any], files: frozenset[str], 
     4 and the final weights come out the same."""
     first_weights, first_losses = weights(out), losses(state)
     shutil.rmtree(out / "checkpoint-4")
-    resolved = out / "config.resolved.yml"
-    run(
-        [sys.executable, "-m", "trainer.cli.train", str(resolved), "resume=auto"],
-        cwd=tmp_path,
-    )
+    train(out / "config.resolved.yml", "resume=auto", cwd=tmp_path)
     resumed = assert_saved_once(out, files)
     assert losses(resumed)[2:] == pytest.approx(first_losses[2:], rel=1e-6)  # steps 3 and 4
     for key, tensor in weights(out).items():
@@ -360,8 +353,7 @@ def overwrite_from_resolved(
 ) -> None:
     """Overwriting from the resolved file inside output_dir: the processes it starts must still find
     that file (output_dir is cleared only after every process has read its config)."""
-    command = ["-m", "trainer.cli.train", str(out / "config.resolved.yml"), "overwrite_output_dir=true"]
-    run([sys.executable, *command, "resume=null"], cwd=tmp_path)
+    train(out / "config.resolved.yml", "overwrite_output_dir=true", "resume=null", cwd=tmp_path)
     assert_saved_once(out, files)
     assert_same_model(out, reference, start)
 
@@ -416,10 +408,7 @@ def test_adapter_under_sharding_saves_whole_tensors(
     config = lora_config(
         tiny_model, rows, out, adapter, distributed={**block, "num_processes": 2}, max_steps=2
     )
-    done = run(
-        [sys.executable, "-m", "trainer.cli.train", str(write_yaml(tmp_path / "cfg.yml", config))],
-        cwd=tmp_path,
-    )
+    done = train(write_yaml(tmp_path / "cfg.yml", config), cwd=tmp_path)
     held = re.search(rf"parallel: {re.escape(name)} on 2 process\(es\); process 0 holds (\d+)%", done.stdout)
     assert held and 45 <= int(held.group(1)) <= 55, done.stdout[-3000:]
     got, expected = adapter_weights(out), single_adapters[adapter]
@@ -499,10 +488,7 @@ def test_killed_process_stops_the_run_names_it_and_resume_completes(
     assert not left, [(p.pid, p.cmdline()) for p in left]
     assert not (out / "model.safetensors").exists()  # the run did not finish
 
-    resumed = run(
-        [sys.executable, "-m", "trainer.cli.train", str(out / "config.resolved.yml"), "resume=auto"],
-        cwd=tmp_path,
-    )
+    resumed = train(out / "config.resolved.yml", "resume=auto", cwd=tmp_path)
     start = re.search(r"resuming from .*checkpoint-(\d+)", resumed.stdout)
     assert start, resumed.stdout[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())

@@ -4,16 +4,14 @@ exactly its known error), and the committed JSON Schema is current and accepts t
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, examples_layout
+from tests.conftest import REPO, examples_layout, run_command
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
 
@@ -38,11 +36,7 @@ def test_there_are_examples() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_validates(example: Path, workdir: Path) -> None:
     # validate never touches the network; hub ids in recipes are accepted as they are
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.validate", f"examples/{example.name}"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_command("validate", f"examples/{example.name}", cwd=workdir, env={"HF_HUB_OFFLINE": None})
     if example.name in GPU_ONLY and result.returncode != 0:
         # refused on a machine without a CUDA GPU or the kernel package: that one error and no other
         assert result.returncode == 2, result.stderr
@@ -63,16 +57,25 @@ def test_committed_schema_is_current() -> None:
     )
 
 
+@pytest.fixture(scope="module")
+def schema_validator() -> Any:
+    """A validator for the committed schema, which is checked against its metaschema once (that
+    check, repeated by each jsonschema.validate call, is most of a second)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "schemas" / "trainer.schema.json").read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_schema_accepts_example(example: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "schemas" / "trainer.schema.json").read_text(encoding="utf-8"))
-    jsonschema.validate(yaml.safe_load(example.read_text(encoding="utf-8")), schema)
+def test_schema_accepts_example(example: Path, schema_validator: Any) -> None:
+    schema_validator.validate(yaml.safe_load(example.read_text(encoding="utf-8")))
 
 
-def test_schema_rejects_typos() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "schemas" / "trainer.schema.json").read_text(encoding="utf-8"))
+def test_schema_rejects_typos(schema_validator: Any) -> None:
+    import jsonschema
+
     good = yaml.safe_load((REPO / "examples" / "quickstart.yml").read_text(encoding="utf-8"))
     for bad in (
         {**good, "learning_rat": 1e-4},
@@ -80,7 +83,7 @@ def test_schema_rejects_typos() -> None:
         {**good, "datasets": [{**good["datasets"][0], "completion_feld": "x"}]},
     ):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(bad, schema)
+            schema_validator.validate(bad)
 
 
 def test_every_adapter_option_and_model_key_is_shown_in_an_example() -> None:

@@ -19,9 +19,7 @@ from typing import Any
 import pytest
 
 from plugins.kernels.liger import Liger, LigerOptions
-from tests.conftest import REPO, toy_config, write_yaml
-from trainer.cli.common import run
-from trainer.cli.validate import main as validate_main
+from tests.conftest import REPO, run_command, toy_config, write_yaml
 from trainer.config.schema import TrainConfig
 from trainer.registry import Registry, default_registry
 
@@ -66,12 +64,10 @@ def config_file(tmp_path: Path, tiny_model: Path, toy_data: Path, **keys: Any) -
     return write_yaml(tmp_path / "cfg.yml", config)
 
 
-def validate(path: Path, capsys: pytest.CaptureFixture[str], *overrides: str) -> tuple[int, str, str]:
+def validate(path: Path, *overrides: str) -> tuple[int, str, str]:
     """`python -m trainer.cli.validate`, in process: exit status, stdout, stderr."""
-    with pytest.raises(SystemExit) as stop:
-        run(validate_main, [str(path), *overrides])
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out, out.err
+    done = run_command("validate", path, *overrides)
+    return done.returncode, done.stdout, done.stderr
 
 
 PROBE = """
@@ -108,11 +104,9 @@ def test_validate_refuses_liger_here_in_one_line(tiny_model: Path, toy_data: Pat
         assert found["torch"] is False
 
 
-def test_unknown_option_in_the_liger_block(
-    tiny_model: Path, toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_option_in_the_liger_block(tiny_model: Path, toy_data: Path, tmp_path: Path) -> None:
     cfg = config_file(tmp_path, tiny_model, toy_data, kernels=[{"type": "liger", "rms_nrom": False}])
-    code, _, err = validate(cfg, capsys)
+    code, _, err = validate(cfg)
     assert code == 2
     message = "kernels[0].rms_nrom: unknown key 'rms_nrom' (did you mean 'rms_norm'?)"
     assert re.search(rf"{re.escape(str(cfg))}:\d+  {re.escape(message)}", err), err
@@ -120,11 +114,11 @@ def test_unknown_option_in_the_liger_block(
 
 
 def test_cross_entropy_and_fused_linear_cross_entropy_exclude_each_other(
-    tiny_model: Path, toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model: Path, toy_data: Path, tmp_path: Path
 ) -> None:
     block = {"type": "liger", "cross_entropy": True, "fused_linear_cross_entropy": True}
     cfg = config_file(tmp_path, tiny_model, toy_data, kernels=[block])
-    code, _, err = validate(cfg, capsys)
+    code, _, err = validate(cfg)
     assert code == 2
     assert (
         "kernels[0].cross_entropy: liger: cross_entropy and fused_linear_cross_entropy cannot both be true"
@@ -132,7 +126,7 @@ def test_cross_entropy_and_fused_linear_cross_entropy_exclude_each_other(
     if trl_at_least(1, 15):  # its SFTTrainer computes the loss with its own fused LM head
         assert "kernels[0].fused_linear_cross_entropy: liger: TRL " in err, err
         assert "SFTTrainer refuses it" in err
-    code, _, err = validate(cfg, capsys, "kernels[0].fused_linear_cross_entropy=false")
+    code, _, err = validate(cfg, "kernels[0].fused_linear_cross_entropy=false")
     assert "kernels[0].cross_entropy" not in err and "kernels[0].fused_linear" not in err, err
 
 
@@ -244,26 +238,21 @@ def test_check_with_the_package_present(
 
 
 def test_plugins_command_lists_liger() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.plugins"],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_command("plugins", cwd=REPO)
     assert result.returncode == 0, result.stderr
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in result.stdout.splitlines()[1:]}
     assert rows[("kernels", "liger")] == ["trainer", "0.1.0", "ok"], result.stdout
     assert Registry.discover().entry("kernels", "liger").target == "plugins.kernels.liger:Liger"
 
 
-def test_unknown_kernel_lists_the_known_ones(
-    tiny_model: Path, toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_kernel_lists_the_known_ones(tiny_model: Path, toy_data: Path, tmp_path: Path) -> None:
     cfg = config_file(tmp_path, tiny_model, toy_data, kernels=["ligre"])
-    code, _, err = validate(cfg, capsys)
+    code, _, err = validate(cfg)
     assert code == 2
     known = ", ".join(default_registry().names("kernels"))
     assert "liger" in known.split(", ")
     assert f"kernels[0].type: unknown kernel 'ligre' (did you mean 'liger'?); known: {known}" in err, err
-    code, _, err = validate(cfg, capsys, "kernels={type: liger}")
+    code, _, err = validate(cfg, "kernels={type: liger}")
     assert code == 2 and "kernels: must be a list of kernel blocks" in err
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import REPO, run_api  # noqa: E402
+from tests.conftest import run_api, run_command  # noqa: E402
 from trainer.cli.merge import main as merge_main  # noqa: E402
 
 TEXTS = ["Reverse the word: hello\nAnswer: ", "abc xyz 123", "The quick brown fox"]
@@ -28,15 +27,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli.merge", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_command("merge", *args, cwd=cwd)
 
 
 @torch.no_grad()

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_api, toy_config, write_yaml
+from tests.conftest import run_api, run_command, toy_config, write_yaml
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import OPTIMIZERS
 from trainer.config.validate import load_config, optimizer_requirements
@@ -172,11 +170,7 @@ def test_optimizer_trains_two_steps_on_cpu(optimizer, one_thread, tiny_model, to
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return run_command("train", *args, cwd=cwd)
 
 
 def test_fp16_and_tf32_on_cpu_exit_2_with_the_config_line(one_thread, tiny_model, toy_data, tmp_path) -> None:

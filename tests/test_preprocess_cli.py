@@ -9,12 +9,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import run_command
 
 REPO = Path(__file__).resolve().parent.parent
 BOS, EOS, IGNORE = 1, 2, -100
@@ -116,21 +117,8 @@ def make_workspace(root: Path, tiny_model: Path, extra: str = "") -> Workspace:
     return ws
 
 
-def run_cli(module: str, *args: Any, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("NO_COLOR", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def preprocess(*args: Any) -> subprocess.CompletedProcess[str]:
-    return run_cli("trainer.cli.preprocess", *args)
+    return run_command("preprocess", *args, cwd=REPO)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -335,7 +323,7 @@ def test_bad_row_with_on_bad_rows_fail_exits_2(tiny_model: Path, tmp_path: Path)
 
 
 def test_train_reuses_the_prepared_dataset(first_run: FirstRun) -> None:
-    result = run_cli("trainer.cli.train", first_run.ws.cfg, timeout=300)
+    result = run_command("train", first_run.ws.cfg, cwd=REPO)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Traceback" not in result.stderr, result.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_command
 from trainer.api import Contribution
 from trainer.build import merge
 from trainer.config.errors import ConfigErrors
@@ -183,14 +184,7 @@ def test_discovered_builtins_load(tmp_path: Path) -> None:
 
 
 def test_plugins_command_lists_every_plugin() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli.plugins"],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_command("plugins", cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["KIND", "NAME", "DISTRIBUTION", "VERSION", "STATUS"]

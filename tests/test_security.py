@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import run_command
 from trainer.config.schema import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,15 +23,10 @@ SOURCE_DIRS = ("trainer", "plugins", "scripts", "bench", "examples")
 """The repo's own code: what ships and what users run (tests only round-trip their own pickles)."""
 
 
-def validate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+def validate(*argv: str) -> tuple[int, str]:
     """`python -m trainer.cli.validate ARGV` in this process: (exit status, stdout + stderr)."""
-    from trainer.cli import validate as command
-    from trainer.cli.common import run
-
-    with pytest.raises(SystemExit) as stop:
-        run(command.main, list(argv))
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out + out.err
+    done = run_command("validate", *argv)
+    return done.returncode, done.stdout + done.stderr
 
 
 @pytest.fixture
@@ -65,25 +61,21 @@ def test_trust_remote_code_is_off_by_default() -> None:
     assert config_of(Path("m")).trust_remote_code is False
 
 
-def test_validate_warns_when_trust_remote_code_is_on(
-    tmp_path: Path, base_text: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_warns_when_trust_remote_code_is_on(tmp_path: Path, base_text: str) -> None:
     warning = (
         "warning: trust_remote_code is on: the model's own Python code from "
         f"{tmp_path / 'model'} will run on this machine"
     )
-    code, out = validate(capsys, write(tmp_path, base_text + "trust_remote_code: true\n"))
+    code, out = validate(write(tmp_path, base_text + "trust_remote_code: true\n"))
     assert code == 0 and warning in out.splitlines(), out
-    code, out = validate(capsys, write(tmp_path, base_text), "trust_remote_code=true")
+    code, out = validate(write(tmp_path, base_text), "trust_remote_code=true")
     assert code == 0 and warning in out.splitlines(), out
-    code, out = validate(capsys, write(tmp_path, base_text))
+    code, out = validate(write(tmp_path, base_text))
     assert code == 0 and "trust_remote_code" not in out, out
 
 
-def test_trust_remote_code_is_set_only_by_its_own_key(
-    tmp_path: Path, base_text: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out = validate(capsys, write(tmp_path, base_text + "trainer_args: {trust_remote_code: true}\n"))
+def test_trust_remote_code_is_set_only_by_its_own_key(tmp_path: Path, base_text: str) -> None:
+    code, out = validate(write(tmp_path, base_text + "trainer_args: {trust_remote_code: true}\n"))
     assert code == 2, out
     assert "trainer_args.trust_remote_code: set this with the top-level key 'trust_remote_code'" in out
 
@@ -189,24 +181,20 @@ def test_the_config_loader_is_a_safe_loader_without_python_constructors() -> Non
         '!!python/object/apply:os.system ["echo pwned > {marker}"]',  # the whole document
     ],
 )
-def test_a_python_yaml_tag_is_refused_and_never_run(
-    tmp_path: Path, base_text: str, capsys: pytest.CaptureFixture[str], payload: str
-) -> None:
+def test_a_python_yaml_tag_is_refused_and_never_run(tmp_path: Path, base_text: str, payload: str) -> None:
     marker = tmp_path / "PWNED"
     line = payload.format(marker=marker)
     text = line + "\n" if line.startswith("!!") else base_text + line + "\n"
-    code, out = validate(capsys, write(tmp_path, text))
+    code, out = validate(write(tmp_path, text))
     assert code == 2, out
     assert "is refused: a config is plain data (no Python objects)" in out, out
     assert not marker.exists()
 
 
-def test_a_python_yaml_tag_in_an_override_is_refused_and_never_run(
-    tmp_path: Path, base_text: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_python_yaml_tag_in_an_override_is_refused_and_never_run(tmp_path: Path, base_text: str) -> None:
     marker = tmp_path / "PWNED"
     override = f'seed=!!python/object/apply:os.system ["echo pwned > {marker}"]'
-    code, out = validate(capsys, write(tmp_path, base_text), override)
+    code, out = validate(write(tmp_path, base_text), override)
     assert code == 2 and "is refused: a config is plain data" in out, out
     assert not marker.exists()
 
@@ -231,7 +219,6 @@ def test_a_python_yaml_tag_in_an_override_is_refused_and_never_run(
 def test_an_import_path_as_plugin_type_is_refused_and_never_imported(
     tmp_path: Path,
     base_text: str,
-    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     line: str,
     where: str,
@@ -244,7 +231,7 @@ def test_an_import_path_as_plugin_type_is_refused_and_never_imported(
         encoding="utf-8",
     )
     monkeypatch.syspath_prepend(str(package))
-    code, out = validate(capsys, write(tmp_path, base_text + line + "\n"))
+    code, out = validate(write(tmp_path, base_text + line + "\n"))
     assert code == 2, out
     problem = next((row for row in out.splitlines() if f"  {where}: unknown " in row), out)
     assert "never an import path" in problem and "`python -m trainer.cli.plugins` lists" in problem, out
@@ -255,15 +242,13 @@ def test_an_import_path_as_plugin_type_is_refused_and_never_imported(
 # ---- safetensors -----------------------------------------------------------------------------------
 
 
-def test_trainer_args_cannot_turn_safetensors_off(
-    tmp_path: Path, base_text: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_trainer_args_cannot_turn_safetensors_off(tmp_path: Path, base_text: str) -> None:
     """transformers 5 always saves weights as safetensors: `save_safetensors` is no SFTConfig field,
     so trainer_args naming it is an error like any other unknown field."""
     from trainer.config.validate import sft_config_fields
 
     assert "save_safetensors" not in sft_config_fields()
-    code, out = validate(capsys, write(tmp_path, base_text + "trainer_args: {save_safetensors: false}\n"))
+    code, out = validate(write(tmp_path, base_text + "trainer_args: {save_safetensors: false}\n"))
     assert code == 2, out
     assert "trainer_args.save_safetensors: not a trl.SFTConfig field" in out, out
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import logits_of, run_api, toy_config, write_yaml  # noqa: E402
+from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
 from trainer.run import train  # noqa: E402
@@ -29,19 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 300
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli.train", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    return run_command("train", *args, cwd=cwd)
 
 
 def log_history(output_dir: Path) -> list[dict[str, Any]]:
