@@ -54,6 +54,7 @@ EXTRAS = {
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on 2 workers
+        "pytest-randomly>=3.15",  # in a new order each run (the seed is printed: --randomly-seed=N)
         "ruff>=0.6",
         "mypy>=1.10",
         "pre-commit>=3",

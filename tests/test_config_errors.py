@@ -216,6 +216,8 @@ def test_cross_key_rules_and_missing_file(write_config, base: dict[str, Path]) -
         warmup_steps: 10
         eval_strategy: steps
         eval_steps: 5
+        bf16: true
+        fp16: true
         output_dir: {base["out"]}
         """
     )
@@ -223,6 +225,7 @@ def test_cross_key_rules_and_missing_file(write_config, base: dict[str, Path]) -
         f"{cfg}:3  datasets[0].path: dataset '{base['data'].parent / 'nope.jsonl'}' does not exist",
         f"{cfg}:6  warmup_steps: set warmup_ratio or warmup_steps, not both",
         f"{cfg}:7  eval_strategy: 'steps' needs held-out data: set val_set_size or test_datasets",
+        f"{cfg}:10  fp16: set bf16 or fp16, not both",
     ]
 
 

@@ -47,11 +47,12 @@ def test_example_validates(example: Path, workdir: Path) -> None:
     assert ": OK" in result.stdout
 
 
-def test_committed_schema_is_current() -> None:
-    from trainer.cli.schema import render
-
+def test_committed_schema_is_current(tmp_path: Path) -> None:
+    """The command the message names writes exactly the committed file (and prints nothing)."""
+    done = run_command("schema", "--builtin", "-o", tmp_path / "schema.json")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     committed = (REPO / "schemas" / "trainer.schema.json").read_text(encoding="utf-8")
-    assert committed == render(builtin=True), (
+    assert committed == (tmp_path / "schema.json").read_text(encoding="utf-8"), (
         "schemas/trainer.schema.json is stale: run python -m trainer.cli.schema --builtin "
         "-o schemas/trainer.schema.json"
     )

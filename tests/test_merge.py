@@ -315,6 +315,45 @@ def test_bfloat16_merge_and_no_half_written_output(
     assert sorted(os.listdir(tmp_path)) == ["bf16"]
 
 
+def test_moved_base_dtypes_and_the_runs_trust_remote_code(
+    lora_run: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose base model has moved is refused, naming --base-model, and merges with it; --dtype
+    auto keeps the base checkpoint's own dtype (float32 here), float16 saves float16; a run trained
+    with trust_remote_code says so before its base model's code could run."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    moved_base = tmp_path / "moved-base"
+    shutil.copytree(tiny_model, moved_base)
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (run / "adapter_config.json").write_text(json.dumps(adapter_config))
+    resolved = yaml.safe_load((run / "config.resolved.yml").read_text())
+    (run / "config.resolved.yml").write_text(yaml.safe_dump({**resolved, "trust_remote_code": True}))
+
+    refused = cli(str(run), "--out", str(tmp_path / "never"), cwd=tmp_path)
+    assert refused.returncode == 2 and "does not exist (moved?); pass --base-model PATH" in refused.stderr
+    assert not (tmp_path / "never").exists()
+
+    reference, tokenizer = adapter_reference(lora_run, tiny_model)
+    for dtype, expected, tolerance in (("auto", torch.float32, 1e-4), ("float16", torch.float16, 0.1)):
+        out = tmp_path / f"merged-{dtype}"
+        args = [str(run), "--out", str(out), "--base-model", str(moved_base), "--dtype", dtype]
+        assert merge_main([*args, "--no-smoke-test"]) == 0
+        printed = capsys.readouterr().out
+        assert f"base:     {moved_base} (loaded unquantized, dtype {dtype})" in printed
+        assert f"base model overridden: {moved_base} (the adapter names {tmp_path / 'gone'})" in printed
+        assert "warning:  trust_remote_code is on (from the run's config)" in printed
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+        assert merged.dtype == expected
+        assert max_diff(logits(merged.float(), tokenizer), logits(reference, tokenizer)) < tolerance
+        assert json.loads((out / "merge_info.json").read_text())["base_model"] == str(moved_base)
+
+
 # ---- refusals: exit 2, a clear message, no traceback, nothing written -----------------------------------
 
 

@@ -217,10 +217,16 @@ def test_bf16_on_cpu_trains_under_cpu_autocast(one_thread, tiny_model, toy_data,
 
 
 class FakeCuda:
-    """torch.cuda as seen on a given GPU (for the CUDA branches of check_precision)."""
+    """torch.cuda as seen on a given GPU (for the CUDA branches of check_precision); everything else
+    is the real torch.cuda (torch.manual_seed, called between tests by pytest-randomly, uses it)."""
 
     def __init__(self, major: int, bf16: bool):
-        self.major, self.bf16 = major, bf16
+        import torch
+
+        self.major, self.bf16, self.real = major, bf16, torch.cuda
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
     def is_bf16_supported(self) -> bool:
         return self.bf16

@@ -271,14 +271,3 @@ def test_consistent_compute_dtype_is_accepted(write_config, tiny_model, toy_data
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
     assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_quant_storage == _torch.uint8
     assert quantization.bnb_4bit_compute_dtype == getattr(_torch, dtype or "bfloat16")
-
-
-def test_missing_bitsandbytes_names_the_extra(write_config, tiny_model, toy_data, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
-    )
-    found = problems(write_config, tiny_model, toy_data, tmp_path, "")
-    assert found == ["cfg.yml:8  adapter: needs the 'bitsandbytes' package: pip install 'trainer[qlora]'"]

@@ -219,3 +219,42 @@ def test_merge_conflict_names_both_owners() -> None:
         f"model_kwargs.attn_implementation is set to 'eager' by {eager} and to 'fast' by {other}",
         f"peft_config is given by both {lora} and {other}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("block", "module", "message"),
+    [
+        (
+            "adapter: {type: qlora}",
+            "bitsandbytes",
+            "adapter: needs the 'bitsandbytes' package: pip install 'trainer[qlora]'",
+        ),
+        (
+            "distributed: {type: deepspeed, stage: 2}",
+            "deepspeed",
+            "distributed: needs the 'deepspeed' package: pip install 'trainer[deepspeed]'",
+        ),
+    ],
+)
+def test_a_missing_extra_is_one_validate_error_naming_it(
+    block, module, message, write_config, tiny_model, toy_data, monkeypatch
+) -> None:
+    """A plugin whose optional package is not installed: exit 2, one line at the plugin's block
+    naming the pip extra (simulated absent, so this runs whether or not the extra is installed)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
+    cfg = write_config(
+        f"""
+        base_model: {tiny_model}
+        datasets: [{{path: {toy_data / "train.jsonl"}, type: completion}}]
+        output_dir: out
+        {block}
+        """
+    )
+    done = run_command("validate", cfg)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == ["1 config error:", f"  {cfg}:4  {message}"]
