@@ -319,6 +319,85 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
         overwrite_from_resolved(out, reference, start_weights, checkpoints, tmp_path)
 
 
+OPTIONS = {
+    "ddp-knobs": (
+        {"type": "ddp", "backend": "gloo", "find_unused_parameters": True, "bucket_cap_mb": 1},
+        "DDP",
+        "100%",
+    ),
+    "zero0": ({"type": "deepspeed", "stage": 0}, "DeepSpeed ZeRO-0", "100%"),
+    "zero1": (
+        {"type": "deepspeed", "stage": 1, "allgather_bucket_size": 100_000},
+        "DeepSpeed ZeRO-1",
+        "100%",
+    ),
+    "zero3-offload": (
+        {"type": "deepspeed", "stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"},
+        "DeepSpeed ZeRO-3",
+        "50%",
+    ),
+    "fsdp2-options": (
+        {
+            "type": "fsdp",
+            "version": 2,
+            "sharding": "shard_grad_op",
+            "activation_checkpointing": True,
+            "wrap_layer": ["LlamaDecoderLayer"],
+        },
+        "FSDP2 (shard_grad_op)",
+        "50%",
+    ),
+    "fsdp1-shard-grad-op": (
+        {"type": "fsdp", "version": 1, "sharding": "shard_grad_op"},
+        "FSDP1 (shard_grad_op)",
+        "50%",
+    ),
+}
+"""The other options each backend offers: its block, the name the run reports, process 0's share."""
+
+
+@pytest.mark.parametrize("case", OPTIONS)
+def test_backend_options_equal_one_process(
+    tiny_model, rows, single_run, reference, start_weights, tmp_path, case
+):
+    """Each backend with its other options set (ZeRO stages 0 and 1, ZeRO-3 offloading weights and
+    optimizer to the CPU, FSDP2 shard_grad_op with its own activation checkpointing and a named wrap
+    layer, DDP's knobs): the options reach the run, which still equals one process. The offloaded
+    optimizer is the configured SGD with momentum (accelerate would swap in DeepSpeed's CPU Adam,
+    which would not match). On a machine without a GPU, FSDP's cpu_offload and FSDP1's full-state
+    checkpoints are refused at start (test_distributed_rules)."""
+    block, name, held = OPTIONS[case]
+    if block["type"] == "deepspeed":
+        pytest.importorskip("deepspeed", reason="needs the deepspeed extra: pip install 'trainer[deepspeed]'")
+    out = tmp_path / "out"
+    config = sgd_config(tiny_model, rows, out, distributed={**block, "num_processes": 2})
+    done = train(write_yaml(tmp_path / "cfg.yml", config), cwd=tmp_path)
+    assert f"parallel: {name} on 2 process(es); process 0 holds {held} of the weights" in done.stdout
+    ds_json = frozenset({"deepspeed_config.json"}) if block["type"] == "deepspeed" else frozenset()
+    state = assert_saved_once(out, ds_json)
+    expected = losses(json.loads((single_run / "trainer_state.json").read_text()))
+    assert losses(state) == pytest.approx(expected, rel=1e-5)
+    assert_same_model(out, reference, start_weights)
+
+    args = torch.load(out / "training_args.bin", weights_only=False)  # written by this run
+    if block["type"] == "ddp":
+        assert (args.ddp_backend, args.ddp_find_unused_parameters, args.ddp_bucket_cap_mb) == (
+            "gloo",
+            True,
+            1,
+        )
+    elif block["type"] == "fsdp":
+        fsdp = args.fsdp_config
+        assert fsdp["reshard_after_forward"] in (False, "shard_grad_op")
+        assert fsdp["activation_checkpointing"] is block.get("activation_checkpointing", False)
+        assert fsdp.get("transformer_layer_cls_to_wrap") == block.get("wrap_layer")
+    else:
+        zero = json.loads((out / "deepspeed_config.json").read_text())["zero_optimization"]
+        assert zero["stage"] == block["stage"]
+        for key in ("offload_optimizer", "offload_param"):
+            assert zero.get(key, {}).get("device") == block.get(key), key
+
+
 def assert_rerun_refused(cfg: Path, out: Path, tmp_path: Path) -> None:
     """The same command again is refused before any process starts: exit 2, files untouched."""
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -127,6 +127,73 @@ def test_fsdp1_with_an_adapter_is_refused_at_start_on_cpu(tmp_path, tiny_model, 
     check_machine(resolved_config(tmp_path, tiny_model, toy_data, adapter="lora", distributed="fsdp"))
 
 
+@pytest.mark.parametrize(
+    ("block", "refusal"),
+    [
+        (
+            {"version": 1, "cpu_offload": True},
+            r"distributed\.cpu_offload: moves GPU weights to CPU RAM; this",
+        ),
+        (
+            {"version": 2, "cpu_offload": True},
+            r"distributed\.cpu_offload: moves GPU weights to CPU RAM; this",
+        ),
+        (
+            {"version": 1, "checkpoint_state_dict": "full"},
+            r"checkpoint_state_dict: 'full' needs a GPU under FSDP1",
+        ),
+    ],
+)
+def test_fsdp_options_that_need_a_gpu_are_refused_at_start_on_cpu(
+    tmp_path, tiny_model, toy_data, block, refusal
+):
+    """Offloading to CPU RAM on a machine without a GPU (the weights are there already, and PyTorch's
+    offload pins memory, which fails without an accelerator); FSDP1 gathering a full state dict for a
+    checkpoint (process 0 dies of SIGSEGV on CPU): refused before any process starts."""
+    import torch
+
+    from trainer.run import check_machine
+
+    if torch.cuda.is_available():
+        pytest.skip("the rule is for CPU-only machines")
+    resolved = resolved_config(tmp_path, tiny_model, toy_data, distributed={"type": "fsdp", **block})
+    with pytest.raises(ConfigErrors, match=refusal):
+        check_machine(resolved)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "trainer_args", "own_optimizer"),
+    [
+        ("adamw_torch", {}, False),
+        ("adamw_torch_fused", {"adam_epsilon": 1e-8}, False),
+        ("adamw_torch", {"adam_beta2": 0.95}, True),
+        ("adamw_torch", {"optim_args": "amsgrad=True"}, True),
+        ("sgd", {}, True),
+        ("adafactor", {}, True),
+    ],
+)
+def test_offloading_never_swaps_the_optimizer_silently(
+    tmp_path, tiny_model, toy_data, optimizer, trainer_args, own_optimizer
+):
+    """accelerate swaps DeepSpeed's CPU Adam (lr and weight decay only) in for any optimizer when
+    offload_optimizer is on: only plain AdamW survives that; every other optimizer steps itself."""
+    pytest.importorskip("deepspeed")
+    block = {"type": "deepspeed", "stage": 2, "offload_optimizer": "cpu"}
+    extra = {"trainer_args": trainer_args} if trainer_args else {}
+    resolved = resolved_config(
+        tmp_path, tiny_model, toy_data, distributed=block, optimizer=optimizer, **extra
+    )
+    generated = resolved.distributed.plugin.contribute(resolved.config).sft_args["deepspeed"]
+    assert generated.get("zero_force_ds_cpu_optimizer", True) is not own_optimizer
+    without = resolved_config(
+        tmp_path, tiny_model, toy_data, distributed={**block, "offload_optimizer": "none"}
+    )
+    assert (
+        "zero_force_ds_cpu_optimizer"
+        not in without.distributed.plugin.contribute(without.config).sft_args["deepspeed"]
+    )
+
+
 def test_launch_keys_from_the_environment(tmp_path, tiny_model, toy_data):
     resolved = resolved_config(
         tmp_path, tiny_model, toy_data, ["distributed.node_rank=1"], distributed={"type": "ddp", "nnodes": 2}

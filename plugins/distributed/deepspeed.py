@@ -13,6 +13,12 @@ precision left "auto" (transformers fills them from the config). Under ZeRO-3 th
 already partitioned (zero.Init) and the final save gathers the 16-bit weights into one ordinary
 safetensors model (or the whole PEFT adapter). The JSON DeepSpeed ran with, every "auto" filled in, is
 written to output_dir/deepspeed_config.json when training starts.
+
+With offload_optimizer, accelerate replaces the run's optimizer with DeepSpeed's CPU Adam, built from
+the learning rate and weight decay alone. That is the same optimizer only for AdamW with the default
+betas and epsilon; for any other optimizer (or AdamW with its own betas, epsilon or optim_args) the
+generated JSON sets zero_force_ds_cpu_optimizer: false, so the configured optimizer itself steps the
+offloaded weights (slower than CPU Adam, but the training the config asks for, never silently Adam).
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ from trainer.api import Contribution
 from trainer.config.schema import TrainConfig
 
 AUTO = "auto"
+CPU_ADAM_KEEPS = ("adamw_torch", "adamw_torch_fused")
+"""Optimizers that DeepSpeed's CPU Adam reproduces (AdamW) when offloading swaps it in."""
+ADAM_DEFAULTS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
+"""What the swap passes on besides lr and weight decay: nothing, so these must be the defaults."""
+
+
+def cpu_adam_would_differ(config: TrainConfig) -> bool:
+    """Whether swapping in DeepSpeed's CPU Adam (offload_optimizer) would change the optimizer."""
+    args = config.trainer_args or {}
+    if config.optimizer not in CPU_ADAM_KEEPS or args.get("optim_args"):
+        return True
+    return any(args.get(key, default) != default for key, default in ADAM_DEFAULTS.items())
 
 
 class DeepSpeedOptions(LaunchOptions):
@@ -95,7 +113,7 @@ class DeepSpeed(Launched):
                 problems.append(("config_file", problem))
         return problems
 
-    def deepspeed_config(self) -> dict[str, Any]:
+    def deepspeed_config(self, config: TrainConfig) -> dict[str, Any]:
         opts = self.opts
         if opts.config_file is not None:
             with open(opts.config_file, encoding="utf-8") as handle:
@@ -121,7 +139,7 @@ class DeepSpeed(Launched):
             zero["stage3_prefetch_bucket_size"] = opts.stage3_prefetch_bucket_size
             zero["stage3_param_persistence_threshold"] = opts.stage3_param_persistence_threshold
             zero["stage3_gather_16bit_weights_on_model_save"] = True
-        return {
+        generated: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": AUTO,
             "gradient_accumulation_steps": AUTO,
             "train_batch_size": AUTO,
@@ -130,6 +148,9 @@ class DeepSpeed(Launched):
             "fp16": {"enabled": AUTO},
             "zero_optimization": zero,
         }
+        if opts.offload_optimizer != "none" and cpu_adam_would_differ(config):
+            generated["zero_force_ds_cpu_optimizer"] = False  # run the configured optimizer itself
+        return generated
 
     def init_processes(self) -> None:
         import deepspeed
@@ -138,7 +159,7 @@ class DeepSpeed(Launched):
 
     def contribute(self, config: TrainConfig) -> Contribution:
         return Contribution(
-            sft_args={"deepspeed": self.deepspeed_config()}, callbacks=[_write_filled_config()]
+            sft_args={"deepspeed": self.deepspeed_config(config)}, callbacks=[_write_filled_config()]
         )
 
 

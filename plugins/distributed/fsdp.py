@@ -83,15 +83,34 @@ class Fsdp(Launched):
         return problems
 
     def check_machine(self, config: TrainConfig) -> list[tuple[str, str]]:
-        if self.opts.version == 1 and adapter(config)[0] not in (None, "full") and not has_cuda():
-            return [
+        if has_cuda():
+            return []
+        problems = []
+        if self.opts.version == 1 and adapter(config)[0] not in (None, "full"):
+            problems.append(
                 (
                     "version",
                     "FSDP1 cannot save a PEFT adapter without a GPU (PyTorch's FSDP1 full-state-dict "
                     "gather crashes on CPU tensors): use version: 2",
                 )
-            ]
-        return []
+            )
+        if self.opts.version == 1 and self.opts.checkpoint_state_dict == "full":
+            problems.append(
+                (
+                    "checkpoint_state_dict",
+                    "'full' needs a GPU under FSDP1 (PyTorch's FSDP1 full-state-dict gather crashes on CPU "
+                    "tensors, SIGSEGV): use 'sharded', or version: 2",
+                )
+            )
+        if self.opts.cpu_offload:
+            problems.append(
+                (
+                    "cpu_offload",
+                    "moves GPU weights to CPU RAM; this machine has no GPU, so they are there already "
+                    "(and PyTorch's offload pins memory, which needs one): set cpu_offload: false",
+                )
+            )
+        return problems
 
     def fsdp_config(self) -> dict[str, object]:
         opts = self.opts
