@@ -512,8 +512,16 @@ KILL_RUN = {"max_steps": KILL_STEPS, "learning_rate": 0.05}
 in another order (2 processes) stay within float32 noise of one process."""
 
 
+@pytest.fixture(scope="module")
+def long_single(tiny_model: Path, rows: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, micro-batch 4, KILL_STEPS steps: what the interrupted 2-process runs resume to."""
+    single = tmp_path_factory.mktemp("long-single")
+    run_api(single, sgd_config(tiny_model, rows, single / "out", micro_batch_size=4, **KILL_RUN))
+    return single / "out"
+
+
 def test_killed_process_stops_the_run_names_it_and_resume_completes(
-    tiny_model, rows, start_weights, tmp_path
+    tiny_model, rows, start_weights, long_single, tmp_path
 ):
     """One of 2 processes SIGKILLed mid-run (as the out-of-memory killer does): the train command
     exits non-zero within a minute naming that process, no process of the run is left (a gloo peer
@@ -524,9 +532,7 @@ def test_killed_process_stops_the_run_names_it_and_resume_completes(
 
     import psutil
 
-    single = tmp_path / "single"
-    run_api(single, sgd_config(tiny_model, rows, single / "out", micro_batch_size=4, **KILL_RUN))
-    expected = losses(json.loads((single / "out" / "trainer_state.json").read_text()))
+    expected = losses(json.loads((long_single / "trainer_state.json").read_text()))
     out = tmp_path / "out"
     distributed = {"type": "ddp", "num_processes": 2}
     config = sgd_config(
@@ -573,4 +579,61 @@ def test_killed_process_stops_the_run_names_it_and_resume_completes(
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == KILL_STEPS
     assert losses(state)[int(start.group(1)) :] == pytest.approx(expected[int(start.group(1)) :], rel=1e-5)
-    assert_same_model(out, weights(single / "out"), start_weights)
+    assert_same_model(out, weights(long_single), start_weights)
+
+
+def test_sigterm_stops_every_process_at_one_step_and_resume_completes(
+    tiny_model, rows, start_weights, long_single, tmp_path
+):
+    """SIGTERM to the train command of a 2-process run (as a scheduler pre-empting a job sends it):
+    passed on to every process, they agree on a step, save one checkpoint there (each process's RNG
+    state in it) and stop; the command exits 143 naming that checkpoint and the resume command, no
+    process is left, and `resume=auto` ends with the uninterrupted run's losses and weights."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    distributed = {"type": "ddp", "num_processes": 2}
+    config = sgd_config(
+        tiny_model, rows, out, distributed=distributed, save_strategy="steps", save_steps=1000, **KILL_RUN
+    )
+    cfg = write_yaml(tmp_path / "cfg.yml", config)
+    command = [sys.executable, "-m", "trainer.cli.train", str(cfg)]
+    running = subprocess.Popen(
+        command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert running.stdout is not None
+    family: list[psutil.Process] = []
+    try:
+        for line in running.stdout:  # the main process prints each step's log: training is under way
+            if "'loss'" in line:
+                family = psutil.Process(running.pid).children(recursive=True)
+                running.send_signal(signal.SIGTERM)
+                break
+        stdout, stderr = running.communicate(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 128 + signal.SIGTERM, (running.returncode, stderr[-3000:])
+    assert "SIGTERM received: saving a checkpoint at the end of this step" in stdout, stdout[-3000:]
+    found = re.search(r"stopped by SIGTERM: the newest checkpoint is (\S+)\.", stderr)
+    assert found, stderr[-3000:]
+    checkpoint = Path(found.group(1))
+    stopped = int(checkpoint.name.removeprefix("checkpoint-"))
+    assert 1 <= stopped < KILL_STEPS and checkpoint.parent == out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [checkpoint.name]
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(checkpoint))  # both stopped there
+    assert f"Resume with: python -m trainer.cli.train {out / 'config.resolved.yml'} resume=auto" in stderr
+    assert not (out / "model.safetensors").exists()
+    time.sleep(0.5)
+    left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(p.pid, p.cmdline()) for p in left]
+
+    resumed = train(out / "config.resolved.yml", "resume=auto", cwd=tmp_path)
+    assert f"resuming from {checkpoint}" in resumed.stdout, resumed.stdout[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    expected = losses(json.loads((long_single / "trainer_state.json").read_text()))
+    assert losses(state)[stopped:] == pytest.approx(expected[stopped:], rel=1e-5)
+    assert_same_model(out, weights(long_single), start_weights)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_api, toy_config, write_yaml
+from tests.conftest import REPO, run_api, run_command, toy_config, write_yaml
 
 N, K = 8, 3  # 40 rows / micro 8 = 5 steps per epoch: K is mid-epoch 0 and the run crosses into epoch 1
 
@@ -199,7 +199,11 @@ def test_crash_during_save_leaves_no_broken_checkpoint(tiny_model, toy_data, tmp
     assert max_difference(final_weights(out), final_weights(tmp_path / "ref")) <= 1e-6
 
 
-def test_sigterm_checkpoints_at_the_step_and_resume_completes(tiny_model, toy_data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_at_the_step_and_resume_completes(tiny_model, toy_data, tmp_path, signum):
+    """SIGTERM (a scheduler) or SIGINT (Ctrl-C): a checkpoint at the end of the step, exit 128 + the
+    signal's number (143 / 130) with the resume command, and the resume equals an unstopped run."""
+    name = signal.Signals(signum).name
     steps = 16
     out = tmp_path / "out"
     config = toy_config(
@@ -214,12 +218,12 @@ def test_sigterm_checkpoints_at_the_step_and_resume_completes(tiny_model, toy_da
     assert process.stdout is not None
     for line in process.stdout:  # a redirected log prints each step's logs
         if "'loss'" in line:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             break
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "SIGTERM received: saving a checkpoint at the end of this step" in stdout
-    found = re.search(r"stopped by SIGTERM at step (\d+) of 16: checkpoint saved to (\S+)\.", stderr)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert f"{name} received: saving a checkpoint at the end of this step" in stdout
+    found = re.search(rf"stopped by {name} at step (\d+) of 16: checkpoint saved to (\S+)\.", stderr)
     assert found, stderr[-3000:]
     stopped = int(found.group(1))
     assert 1 <= stopped < steps
@@ -308,20 +312,19 @@ def test_loss_watchdog_stops_on_nan_and_keeps_the_last_good_checkpoint(
     assert all(bool(w.isfinite().all()) for w in final_weights(out / "checkpoint-4").values())
 
 
-def test_loss_threshold_and_grad_norm_spikes(tiny_model, toy_data, tmp_path, monkeypatch, capsys):
-    from trainer.stops import RunStopped
-
+def test_loss_threshold_and_grad_norm_spikes(tiny_model, toy_data, tmp_path, monkeypatch):
+    """Through the train command: the watchdog's stop is exit status 1 with its reason."""
     poison_from(8, 1000.0, monkeypatch)  # the loss and its gradient jump 1000x at step 8
     config = toy_config(
         tiny_model, toy_data / "train.jsonl", tmp_path / "out", max_steps=12,
         loss_watchdog_threshold=100.0, loss_watchdog_patience=2,
     )  # fmt: skip
-    with pytest.raises(RunStopped, match=r"at step 9: training loss above loss_watchdog_threshold 100 \(\d+"):
-        run_api(tmp_path, config)
-    printed = capsys.readouterr().out
-    assert re.search(r"warning: gradient-norm spike at step 8: [\d.e+]+, \d+\.\dx the median", printed), (
-        printed
-    )
+    done = run_command("train", write_yaml(tmp_path / "cfg.yml", config))
+    assert done.returncode == 1, done.stderr[-3000:]
+    stop = r"at step 9: training loss above loss_watchdog_threshold 100 \(\d+"
+    assert re.search(stop, done.stderr) and "Traceback" not in done.stderr, done.stderr[-3000:]
+    spike = r"warning: gradient-norm spike at step 8: [\d.e+]+, \d+\.\dx the median"
+    assert re.search(spike, done.stdout), done.stdout[-3000:]
 
 
 def test_config_yaml_resume_key_round_trips(tiny_model, toy_data, tmp_path):

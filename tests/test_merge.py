@@ -315,6 +315,42 @@ def test_bfloat16_merge_and_no_half_written_output(
     assert sorted(os.listdir(tmp_path)) == ["bf16"]
 
 
+def test_our_own_run_with_new_tokens_merges(tiny_model: Path, toy_data: Path, tmp_path: Path) -> None:
+    """A LoRA run of our own `train` that added tokens (its grown embeddings saved in full beside the
+    adapter) merges through the command into a model with the grown vocabulary and the same logits,
+    new tokens included."""
+    config = {
+        "base_model": str(tiny_model),
+        "datasets": [
+            {
+                "path": str(toy_data / "train.jsonl"),
+                "type": "prompt_completion",
+                "completion_field": "generation",
+            }
+        ],
+        "sequence_len": 48,
+        "max_train_samples": 16,
+        "micro_batch_size": 8,
+        "max_steps": 2,
+        "learning_rate": 1.0e-2,
+        "save_strategy": "no",
+        "adapter": {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "tokens": ["<|tool|>"],
+        "special_tokens": {"pad_token": "<pad>"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    run_api(tmp_path, config)
+    done = cli(str(tmp_path / "run"), "--dtype", "float32", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resized:  embeddings" in done.stdout
+    merged, tokenizer = load_merged(tmp_path / "run-merged")
+    assert merged.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    reference, _ = adapter_reference(tmp_path / "run", tiny_model)
+    texts = [*TEXTS, "x<|tool|>y<pad>"]
+    assert max_diff(logits(merged, tokenizer, texts), logits(reference, tokenizer, texts)) < 1e-4
+    assert differs_from_base(merged, tokenizer, tiny_model) > 1e-3
+
+
 def test_moved_base_dtypes_and_the_runs_trust_remote_code(
     lora_run: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
