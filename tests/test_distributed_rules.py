@@ -218,3 +218,20 @@ def test_a_multi_process_backend_with_one_process_still_launches(tmp_path, tiny_
     one = resolved_config(tmp_path, tiny_model, toy_data, distributed={"type": "ddp", "num_processes": 1})
     assert wants_relaunch(one)
     assert not wants_relaunch(resolved_config(tmp_path, tiny_model, toy_data, distributed="none"))
+
+
+def test_failed_processes_are_named_the_killed_one_first_the_launchers_stop_last():
+    """What the train command says when processes die: a process killed by a signal (the likely cause)
+    first, error exits next (usually a peer that lost it), the launcher's own SIGTERM stops last."""
+    from trainer.launcher import describe_failures
+
+    failures = [
+        {"rank": 0, "pid": 100, "exitcode": -15, "signal": "SIGTERM"},
+        {"rank": 2, "pid": 102, "exitcode": 1, "signal": None},
+        {"rank": 3, "pid": 103, "exitcode": -9, "signal": "SIGKILL"},
+    ]
+    assert describe_failures(failures, 4) == (
+        "process 3 of 4 (pid 103) was killed by SIGKILL; "
+        "process 2 of 4 (pid 102) exited with status 1 (its error is above); "
+        "process 0 of 4 (pid 100) was stopped (SIGTERM)"
+    )

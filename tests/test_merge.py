@@ -19,7 +19,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import run_api, run_command  # noqa: E402
+from tests.conftest import run_api, run_command, toy_config  # noqa: E402
 from trainer.cli.merge import main as merge_main  # noqa: E402
 
 TEXTS = ["Reverse the word: hello\nAnswer: ", "abc xyz 123", "The quick brown fox"]
@@ -136,26 +136,11 @@ def lora_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPath
     """A real LoRA run of our own `train` (the `lora` adapter)."""
     tmp = tmp_path_factory.mktemp("merge-lora")
     out = tmp / "run"
-    config = {
-        "base_model": str(tiny_model),
-        "datasets": [
-            {
-                "path": str(toy_data / "train.jsonl"),
-                "type": "prompt_completion",
-                "completion_field": "generation",
-            }
-        ],
-        "sequence_len": 48,
-        "max_train_samples": 32,
-        "micro_batch_size": 8,
-        "max_steps": 4,
-        "learning_rate": 1.0e-2,
-        "lr_scheduler": "constant",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
-        "output_dir": str(out),
-    }
+    adapter = {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}
+    data = toy_data / "train.jsonl"
+    config = toy_config(
+        tiny_model, data, out, max_train_samples=32, max_steps=4, learning_rate=1.0e-2, adapter=adapter
+    )
     run_api(tmp, config)
     return out
 
@@ -319,26 +304,11 @@ def test_our_own_run_with_new_tokens_merges(tiny_model: Path, toy_data: Path, tm
     """A LoRA run of our own `train` that added tokens (its grown embeddings saved in full beside the
     adapter) merges through the command into a model with the grown vocabulary and the same logits,
     new tokens included."""
-    config = {
-        "base_model": str(tiny_model),
-        "datasets": [
-            {
-                "path": str(toy_data / "train.jsonl"),
-                "type": "prompt_completion",
-                "completion_field": "generation",
-            }
-        ],
-        "sequence_len": 48,
-        "max_train_samples": 16,
-        "micro_batch_size": 8,
-        "max_steps": 2,
-        "learning_rate": 1.0e-2,
-        "save_strategy": "no",
-        "adapter": {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "tokens": ["<|tool|>"],
-        "special_tokens": {"pad_token": "<pad>"},
-        "output_dir": str(tmp_path / "run"),
-    }
+    adapter = {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    config = toy_config(
+        tiny_model, toy_data / "train.jsonl", tmp_path / "run", max_train_samples=16, max_steps=2,
+        learning_rate=1.0e-2, adapter=adapter, tokens=["<|tool|>"], special_tokens={"pad_token": "<pad>"},
+    )  # fmt: skip
     run_api(tmp_path, config)
     done = cli(str(tmp_path / "run"), "--dtype", "float32", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
