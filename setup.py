@@ -91,5 +91,5 @@ setup(
         "matplotlib>=3.7",  # training_curves.png
     ],
     extras_require=EXTRAS,
-    entry_points=BUILTIN_PLUGINS,
+    entry_points={**BUILTIN_PLUGINS, "console_scripts": ["trainer = trainer.cli.main:main"]},
 )

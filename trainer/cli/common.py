@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -21,12 +23,18 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a command; config and data errors print without a traceback and exit 2."""
+    """Run a command; config and data errors print without a traceback and exit 2, and a reader
+    that closes the pipe early (`| head`) ends it quietly with status 141, as the shell's own."""
     from trainer.data.readers import DataError
     from trainer.stops import RunStopped
 
     try:
         code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+    except BrokenPipeError:  # `... | head -1` stopped reading: not an error of the command
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        code = 128 + signal.SIGPIPE
     except ConfigErrors as err:
         print(err.render(), file=sys.stderr)
         code = USER_ERROR
