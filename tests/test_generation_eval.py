@@ -86,3 +86,30 @@ def test_run_reports_before_and_after_logs_and_writes_them(
     assert logged["heldout_before_loss"] == pytest.approx(before["loss"])
     assert logged["heldout_after_loss"] == pytest.approx(after["loss"])
     assert logged["heldout_after_exact_match"] == after["exact_match"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "prompt,generation\nabc,cba\n",
+            "{path}:1  not a JSON line (Expecting value): generation_eval reads",
+        ),
+        ('{"prompt": "abc", "generation": "cba"}\n{"prompt": "x"}\n', "{path}:2  needs fields 'prompt' and"),
+    ],
+    ids=["csv", "missing-field"],
+)
+def test_a_file_it_cannot_read_is_a_validate_error(
+    text: str, problem: str, tiny_model: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """A CSV (or a row without the fields) fails `validate` with the file and line, before any training,
+    instead of a JSONDecodeError traceback when training starts."""
+    from tests.conftest import run_command, write_yaml
+
+    path = tmp_path / "heldout.csv"
+    path.write_text(text, encoding="utf-8")
+    callback = {"type": "generation_eval", "path": str(path), "answer_field": "generation"}
+    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", callbacks=[callback])
+    done = run_command("validate", write_yaml(tmp_path / "cfg.yml", config))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"callbacks[0].path: {problem.format(path=path)}" in done.stderr, done.stderr

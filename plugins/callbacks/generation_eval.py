@@ -43,8 +43,14 @@ def read_pairs(path: str, prompt_field: str, answer_field: str, limit: int | Non
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if prompt_field not in row or answer_field not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}:{number}  not a JSON line ({err.msg}): generation_eval reads JSONL rows "
+                    f"with '{prompt_field}' and '{answer_field}'"
+                ) from None
+            if not isinstance(row, dict) or prompt_field not in row or answer_field not in row:
                 raise ValueError(f"{path}:{number}  needs fields '{prompt_field}' and '{answer_field}'")
             pairs.append((row[prompt_field], row[answer_field]))
             if limit and len(pairs) >= limit:
@@ -177,8 +183,15 @@ class GenerationEval(Callback):
     Options = GenerationEvalOptions
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        """The rows are read here, at validate time, so a wrong file fails before training starts."""
         opts: GenerationEvalOptions = self.options  # type: ignore[assignment]
-        return [] if os.path.isfile(opts.path) else [("path", f"file '{opts.path}' does not exist")]
+        if not os.path.isfile(opts.path):
+            return [("path", f"file '{opts.path}' does not exist")]
+        try:
+            read_pairs(opts.path, opts.prompt_field, opts.answer_field, opts.limit)
+        except (ValueError, UnicodeDecodeError) as err:
+            return [("path", str(err))]
+        return []
 
     def contribute(self, config: TrainConfig) -> Contribution:
         return Contribution(callbacks=[make_callback(self.options)])  # type: ignore[arg-type]
