@@ -151,16 +151,23 @@ def test_activations_korthikanti_and_checkpointing(tmp_path, fake, data) -> None
     assert est.activations == layers * 2 * s * b * h + layer + logits
 
 
-def test_zero_stage_hook_divides_by_world_size(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+def test_a_third_party_backend_states_its_sharding(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """The estimate asks the plugin (`sharding()`), never reads its options: a backend of another
+    package that shards like ZeRO stage N is counted like it."""
+    from trainer.api import Distributed, Sharding
+
     resolved = resolve(tmp_path, fake, data, distributed={"type": "ddp", "num_processes": 4})
     ddp = estimate(resolved)  # DDP: a full replica per process
 
-    class Zero:
+    class Zero(Distributed):
         def __init__(self, stage: int):
-            self.zero_stage, self.options = stage, None
+            super().__init__()
+            self.stage = stage
 
-        def world_size(self) -> int:
-            return 4
+        def sharding(self) -> Sharding:
+            return Sharding(
+                weights=self.stage >= 3, gradients=self.stage >= 2, optimizer=self.stage >= 1, over=4
+            )
 
     for stage, divided in (
         (1, {"optimizer"}),
@@ -172,6 +179,56 @@ def test_zero_stage_hook_divides_by_world_size(tmp_path, fake, data) -> None:  #
         for part in ("weights", "gradients", "optimizer"):
             want = getattr(ddp, part) / (4 if part in divided else 1)
             assert getattr(est, part) == pytest.approx(want), (stage, part)
+
+
+BACKENDS = {
+    "ddp": ({"type": "ddp"}, {}),
+    "zero0": ({"type": "deepspeed", "stage": 0}, {}),
+    "zero1": ({"type": "deepspeed", "stage": 1}, {"optimizer": 4}),
+    "zero2": ({"type": "deepspeed", "stage": 2}, {"optimizer": 4, "gradients": 4}),
+    "zero3": ({"type": "deepspeed", "stage": 3}, {"optimizer": 4, "gradients": 4, "weights": 4}),
+    "zero2-offload": (
+        {"type": "deepspeed", "stage": 2, "offload_optimizer": "cpu"},
+        {"optimizer": 0, "gradients": 4},
+    ),
+    "zero3-offload": (
+        {"type": "deepspeed", "stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"},
+        {"optimizer": 0, "gradients": 4, "weights": 0},
+    ),
+    "fsdp-full_shard": ({"type": "fsdp"}, {"optimizer": 4, "gradients": 4, "weights": 4}),
+    "fsdp-shard_grad_op": ({"type": "fsdp", "sharding": "shard_grad_op"}, {"optimizer": 4, "gradients": 4}),
+    "fsdp1-no_shard": ({"type": "fsdp", "version": 1, "sharding": "no_shard"}, {}),
+    "fsdp1-hybrid_shard": (
+        {"type": "fsdp", "version": 1, "sharding": "hybrid_shard", "nnodes": 2},
+        {"optimizer": 4, "gradients": 4, "weights": 4},
+    ),
+    "fsdp-cpu_offload": (
+        {"type": "fsdp", "cpu_offload": True},
+        {"optimizer": 0, "gradients": 4, "weights": 0},
+    ),
+}
+"""Each built-in backend with 4 processes per node: what a process holds of each part of the model
+state, as the ZeRO paper's stages say (K: part / K; 0: not on the device; absent: the whole)."""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_divides_model_state_as_its_zero_stage(tmp_path, fake, data, backend) -> None:  # type: ignore[no-untyped-def]
+    """Per device, with Psi parameters and K bytes of optimizer state per parameter (ZeRO paper, sec. 5):
+    DDP holds weights + gradients + K*Psi; stage 1 divides the optimizer state by the processes, stage 2
+    also the gradients, stage 3 also the weights. FSDP full_shard is stage 3, shard_grad_op stage 2
+    (whole weights through forward and backward), no_shard DDP, hybrid_shard stage 3 within one node;
+    offloaded parts are off the device. Before, every DeepSpeed stage showed optimizer 0 (`"none"` read
+    as true) and shard_grad_op counted as stage 3 (the option's name misread)."""
+    block, divided = BACKENDS[backend]
+    if block["type"] == "deepspeed":
+        pytest.importorskip("deepspeed")
+    replica = estimate(resolve(tmp_path, fake, data, distributed={"type": "ddp", "num_processes": 4}))
+    assert replica.optimizer > 0 and replica.gradients > 0 and replica.weights > 0
+    est = estimate(resolve(tmp_path, fake, data, distributed={**block, "num_processes": 4}))
+    for part in ("weights", "gradients", "optimizer"):
+        factor = divided.get(part, 1)
+        want = 0.0 if factor == 0 else getattr(replica, part) / factor
+        assert getattr(est, part) == pytest.approx(want), (backend, part)
 
 
 def test_shards_formula_and_hub_cache_agree(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -157,12 +157,36 @@ class Attention(Plugin):
     additive_mask: ClassVar[bool] = False
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """How a distributed backend splits the model state over its processes, in the ZeRO paper's
+    terms: which of the weights, gradients and optimizer state each process holds only a 1/`over`
+    share of (stage 1: optimizer; 2: + gradients; 3: + weights), and what lives in CPU RAM instead
+    of on the device. The default is a full replica per process (DDP, one process)."""
+
+    weights: bool = False
+    gradients: bool = False
+    optimizer: bool = False
+    over: int = 1
+    """Processes the sharded parts are split over (the world size, or one node's for hybrid)."""
+    optimizer_offloaded: bool = False
+    weights_offloaded: bool = False
+
+    @property
+    def stage(self) -> int:
+        return 3 if self.weights else 2 if self.gradients else 1 if self.optimizer else 0
+
+
 class Distributed(Plugin):
     """Chooses how many processes run and how they talk."""
 
     def world_size(self) -> int:
         """Processes the run wants in total (1 = single process)."""
         return 1
+
+    def sharding(self) -> Sharding:
+        """What each process holds of the model state (the memory estimate uses it)."""
+        return Sharding()
 
     def launcher_args(self) -> list[str]:
         """torchrun arguments that start the processes (used when not already launched)."""

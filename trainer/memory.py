@@ -35,9 +35,9 @@ memory) with the breakdown of its reference 1 (huggingface.co/docs/transformers/
   keeps each layer's input (2*s*b*h bytes in 16-bit) plus one layer's full activations while it is
   recomputed. Plus the logits (s*b*V in the activation dtype, their fp32 upcast and log-softmax).
   s = sequence_len (the longest a row may be), b = micro_batch_size.
-* sharding: ZeRO stage 1 divides optimizer states by the world size, 2 also gradients, 3 also
-  weights; DDP (stage 0) divides nothing. A distributed plugin states its stage by a `zero_stage`
-  attribute or a `zero_stage`/`stage` option; `offload_optimizer` moves the states off the device.
+* sharding: what the distributed plugin's `sharding()` says (`trainer.api.Sharding`): ZeRO stage 1
+  divides optimizer states by the processes, 2 also gradients, 3 also weights; DDP divides nothing;
+  offloaded optimizer state or weights are not on the device.
 
 Not counted: CUDA context and allocator slack, temporary buffers, the eval pass.
 """
@@ -388,22 +388,6 @@ def state_bytes(optimizer: str, t: Tensor, momentum: bool = False, rank: int = 1
     return 2 * size * n  # AdamW and the Adam family: two moments
 
 
-def _zero(resolved: Any) -> tuple[int, bool]:
-    """(ZeRO-like stage, optimizer offloaded) of the distributed plugin; DDP and none are stage 0."""
-    plugin = resolved.distributed.plugin
-    options = getattr(plugin, "options", None)
-    stage = getattr(plugin, "zero_stage", None)
-    if callable(stage):
-        stage = stage()
-    if stage is None:
-        stage = _opt(options, "zero_stage", _opt(options, "stage", None))
-    if stage is None and resolved.distributed.entry.name == "fsdp":
-        strategy = str(_opt(options, "sharding_strategy", "full_shard")).lower()
-        stage = {"full_shard": 3, "hybrid_shard": 3, "shard_grad_op": 2, "no_shard": 0}.get(strategy, 3)
-    offload = bool(_opt(options, "offload_optimizer", False))
-    return int(stage or 0), offload
-
-
 def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     """Memory per device for a resolved config; raises Unavailable."""
     c = resolved.config
@@ -480,18 +464,22 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     momentum, rank = _momentum(c), int(_opt(opts, "rank", 128))
     optimizer = sum(state_bytes(c.optimizer, t, momentum, rank) for t in trainable)
 
-    stage, offload = _zero(resolved)
-    world = max(1, int(resolved.distributed.plugin.world_size()))
-    if stage >= 1:
-        optimizer /= world
-    if stage >= 2:
-        gradients /= world
-    if stage >= 3:
-        weights /= world
-    if offload:
+    sharding = resolved.distributed.plugin.sharding()
+    over = max(1, sharding.over)
+    if sharding.optimizer:
+        optimizer /= over
+    if sharding.gradients:
+        gradients /= over
+    if sharding.weights:
+        weights /= over
+    if sharding.stage:
+        notes.append(f"ZeRO stage {sharding.stage} over {over} processes")
+    if sharding.optimizer_offloaded:
         optimizer = 0.0
-    if stage:
-        notes.append(f"ZeRO stage {stage} over {world} processes")
+        notes.append("optimizer state in CPU RAM")
+    if sharding.weights_offloaded:
+        weights = 0.0
+        notes.append("weights in CPU RAM, gathered a layer at a time (not counted)")
 
     act_bytes = 2 if (c.bf16 or c.fp16 or wb == 2) else 4
     attention = resolved.attention.entry.name

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda, is_8bit_optimizer
-from trainer.api import Contribution
+from trainer.api import Contribution, Sharding
 from trainer.config.schema import TrainConfig
 
 AUTO = "auto"
@@ -113,12 +113,15 @@ class DeepSpeed(Launched):
                 problems.append(("config_file", problem))
         return problems
 
+    def deepspeed_config_file(self) -> dict[str, Any]:
+        with open(str(self.opts.config_file), encoding="utf-8") as handle:
+            loaded: dict[str, Any] = json.load(handle)
+        return loaded
+
     def deepspeed_config(self, config: TrainConfig) -> dict[str, Any]:
         opts = self.opts
         if opts.config_file is not None:
-            with open(opts.config_file, encoding="utf-8") as handle:
-                loaded: dict[str, Any] = json.load(handle)
-            return loaded
+            return self.deepspeed_config_file()
         zero: dict[str, Any] = {
             "stage": opts.stage,
             "overlap_comm": opts.overlap_comm,
@@ -151,6 +154,24 @@ class DeepSpeed(Launched):
         if opts.offload_optimizer != "none" and cpu_adam_would_differ(config):
             generated["zero_force_ds_cpu_optimizer"] = False  # run the configured optimizer itself
         return generated
+
+    def sharding(self) -> Sharding:
+        opts = self.opts
+        if opts.config_file is not None:
+            zero = self.deepspeed_config_file().get("zero_optimization", {})
+            stage = int(zero.get("stage", 0))
+            offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
+            offload_param = (zero.get("offload_param") or {}).get("device", "none")
+        else:
+            stage, offload_optimizer, offload_param = opts.stage, opts.offload_optimizer, opts.offload_param
+        return Sharding(
+            weights=stage >= 3,
+            gradients=stage >= 2,
+            optimizer=stage >= 1,
+            over=self.world_size(),
+            optimizer_offloaded=offload_optimizer != "none",
+            weights_offloaded=offload_param != "none",
+        )
 
     def init_processes(self) -> None:
         import deepspeed

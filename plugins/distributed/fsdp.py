@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 
 from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda
-from trainer.api import Contribution
+from trainer.api import Contribution, Sharding
 from trainer.config.schema import TrainConfig
 
 
@@ -111,6 +111,20 @@ class Fsdp(Launched):
                 )
             )
         return problems
+
+    def sharding(self) -> Sharding:
+        """full_shard = ZeRO-3; shard_grad_op = ZeRO-2 (whole weights held through forward and
+        backward); no_shard = DDP; hybrid_shard = full_shard within a node, replicated across nodes.
+        cpu_offload keeps the sharded weights and the optimizer state in CPU RAM."""
+        sharding = self.opts.sharding
+        return Sharding(
+            weights=sharding in ("full_shard", "hybrid_shard"),
+            gradients=sharding != "no_shard",
+            optimizer=sharding != "no_shard",
+            over=self.opts.num_processes if sharding == "hybrid_shard" else self.world_size(),
+            optimizer_offloaded=self.opts.cpu_offload,
+            weights_offloaded=self.opts.cpu_offload,
+        )
 
     def fsdp_config(self) -> dict[str, object]:
         opts = self.opts
