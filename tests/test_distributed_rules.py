@@ -105,7 +105,7 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path, tin
 
 
 def test_one_process_per_gpu():
-    from plugins.distributed.launch import too_many_processes
+    from trainer.run import too_many_processes
 
     assert "4 processes per node but this machine has 2 GPU(s)" in str(too_many_processes(4, 2))
     assert too_many_processes(2, 2) is None

@@ -258,3 +258,33 @@ def test_a_missing_extra_is_one_validate_error_naming_it(
     done = run_command("validate", cfg)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines() == ["1 config error:", f"  {cfg}:4  {message}"]
+
+
+def test_a_plugin_generic_over_its_options_is_validated_with_them() -> None:
+    """`Adapter[MyOptions]`: MyOptions validates the block and types `self.options`; a subclass of a
+    plugin generic over a subclass of its options takes those; a third-party backend gets defaults
+    that are right for one process on one machine."""
+    from trainer.api import Adapter, Distributed, Options, Sharding
+
+    class MyOptions(Options):
+        r: int = 4
+
+    class My(Adapter[MyOptions]):
+        name = "my"
+
+    class MoreOptions(MyOptions):
+        extra: bool = False
+
+    class More(My):  # an explicit Options still works (and wins)
+        Options = MoreOptions
+
+    assert My.Options is MyOptions and My().options.r == 4 and My(MyOptions(r=8)).options.r == 8
+    assert More.Options is MoreOptions and More().options == MoreOptions()
+
+    class Theirs(Distributed):
+        name = "theirs"
+
+    backend = Theirs()
+    assert backend.processes_per_node() == 1 and backend.world_size() == 1
+    assert backend.sharding() == Sharding() and backend.sharding().stage == 0
+    assert backend.apply_environment({"NNODES": "4"}, given=set()) == []

@@ -8,8 +8,9 @@ so that `trainer.cli.validate` can check a config without importing torch.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,16 +49,32 @@ class Contribution:
     data_collator: Any = None
 
 
-class Plugin:
-    """Common base of every plugin kind."""
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+class Plugin(Generic[OptionsT]):
+    """Common base of every plugin kind, generic over its options: `class Lora(Adapter[LoraOptions])`
+    makes `self.options` a `LoraOptions` and sets `Options = LoraOptions` (the model the core
+    validates the block with)."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[_BaseOptions]] = _BaseOptions
     requires: ClassVar[dict[str, str]] = {}
     """Importable modules this plugin needs, mapped to the pip extra that provides them."""
+    options: OptionsT
 
-    def __init__(self, options: _BaseOptions | None = None):
-        self.options = options if options is not None else self.Options()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, _BaseOptions):
+                    cls.Options = arg
+                    return
+
+    def __init__(self, options: OptionsT | None = None):
+        self.options = options if options is not None else self.Options()  # type: ignore[assignment]
 
     def missing_requirements(self) -> list[str]:
         """One line per missing optional dependency, naming the extra to install."""
@@ -94,7 +111,7 @@ class RowError(ValueError):
         self.field = field
 
 
-class Formatter(Plugin):
+class Formatter(Plugin[OptionsT]):
     """Turns one data row into segments; the core tokenizes each segment, masks untrained ones with
     -100, and fits the result to `sequence_len`.
 
@@ -130,7 +147,7 @@ class Formatter(Plugin):
         return value
 
 
-class Adapter(Plugin):
+class Adapter(Plugin[OptionsT]):
     """Decides which weights train: model-load kwargs, a PEFT config, or freezing."""
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
@@ -143,7 +160,7 @@ class Adapter(Plugin):
         return None
 
 
-class Attention(Plugin):
+class Attention(Plugin[OptionsT]):
     """Chooses the attention kernel (usually a model-load kwarg).
 
     `packed_inputs` says how a packed row's examples are kept from attending to each other:
@@ -177,16 +194,26 @@ class Sharding:
         return 3 if self.weights else 2 if self.gradients else 1 if self.optimizer else 0
 
 
-class Distributed(Plugin):
+class Distributed(Plugin[OptionsT]):
     """Chooses how many processes run and how they talk."""
 
     def world_size(self) -> int:
         """Processes the run wants in total (1 = single process)."""
         return 1
 
+    def processes_per_node(self) -> int:
+        """Processes this backend runs on each machine."""
+        return 1
+
     def sharding(self) -> Sharding:
         """What each process holds of the model state (the memory estimate uses it)."""
         return Sharding()
+
+    def apply_environment(self, environ: Mapping[str, str], given: set[str]) -> list[str]:
+        """Take the launch settings a cluster's environment gives (torchrun's `NNODES`, `NODE_RANK`,
+        ...) except those in `given` (set on the command line); one note per setting taken. Called
+        before the train command starts the processes itself. Default: nothing to take."""
+        return []
 
     def launcher_args(self) -> list[str]:
         """torchrun arguments that start the processes (used when not already launched)."""
@@ -202,11 +229,11 @@ class Distributed(Plugin):
         loads (DeepSpeed sets up its own communication here, which ZeRO-3 needs to load sharded)."""
 
 
-class Callback(Plugin):
+class Callback(Plugin[OptionsT]):
     """Adds `transformers.TrainerCallback`s to the run."""
 
 
-class Kernel(Plugin):
+class Kernel(Plugin[OptionsT]):
     """Swaps model modules or the loss for faster fused kernels.
 
     A kernel plugin contributes the switches that make transformers (or TRL) apply its kernels to

@@ -346,7 +346,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
     tokenizer = load_tokenizer(config)
     with PartialState().main_process_first():
         data = build_datasets(resolved, tokenizer)
-    adapter: Adapter = resolved.adapter.plugin  # type: ignore[assignment]
+    adapter: Adapter = resolved.adapter.plugin
     model = load_model(config, merged, adapter, tokenizer)
     if merged.data_collator is not None and (config.sample_packing or config.eval_sample_packing):
         owner = merged.owners["data_collator"]

@@ -43,7 +43,7 @@ def check_machine(resolved: Resolved) -> None:
     problems = [*check_start(resolved.config), *check_processes(resolved)]
     problems += [
         Problem((*chosen.path, key), message)
-        for key, message in chosen.plugin.check_machine(resolved.config)  # type: ignore[attr-defined]
+        for key, message in chosen.plugin.check_machine(resolved.config)
     ]
     for problem in problems:
         problem.where = problem.where or resolved.source.where(problem.path)
@@ -55,15 +55,24 @@ def check_processes(resolved: Resolved) -> list[Problem]:
     """One process per GPU at most (a CPU machine runs any number of gloo processes)."""
     import torch
 
-    from plugins.distributed.launch import too_many_processes
-
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if launched():
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     else:
-        per_node = getattr(resolved.distributed.plugin.options, "num_processes", 1)
+        per_node = resolved.distributed.plugin.processes_per_node()
     reason = too_many_processes(per_node, gpus)
     return [Problem(("distributed", "num_processes"), reason)] if reason else []
+
+
+def too_many_processes(processes_per_node: int, gpus: int) -> str | None:
+    """Why `processes_per_node` cannot run on a machine with `gpus` GPUs (None when it can: one
+    process per GPU at most; a CPU-only machine runs any number of gloo processes)."""
+    if gpus == 0 or processes_per_node <= gpus:
+        return None
+    return (
+        f"{processes_per_node} processes per node but this machine has {gpus} GPU(s); each process "
+        f"needs a GPU of its own (set num_processes to {gpus} or less)"
+    )
 
 
 def _say(line: str) -> None:
@@ -76,7 +85,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     config = resolved.config
     plugin = resolved.distributed.plugin
     given = {str(path[1]) for path in resolved.source.overrides if len(path) > 1 and path[0] == "distributed"}
-    for note in plugin.apply_environment(os.environ, given):  # type: ignore[attr-defined]
+    for note in plugin.apply_environment(os.environ, given):
         log(f"distributed.{note}")
     check_machine(resolved)  # once, here, rather than once per process
     # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
@@ -87,7 +96,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     report_dir = tempfile.mkdtemp(prefix="trainer-launch-")
     try:
         prepare_data(resolved, prepared_root, log)
-        launcher = plugin.launcher_args()  # type: ignore[attr-defined]
+        launcher = plugin.launcher_args()
         command = [sys.executable, "-m", "trainer.launcher", *launcher, "-m", "trainer.cli.train", *argv]
         log("launching: " + " ".join(command))
         report = os.path.join(report_dir, "failures.json")
@@ -110,7 +119,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
         last = newest_complete(config.output_dir, _quiet)
         where = f"the newest complete checkpoint is {last}" if last else "no checkpoint was saved yet"
         raise RunStopped(
-            f"training failed: {describe_failures(failures, plugin.world_size())}; the launcher "  # type: ignore[attr-defined]
+            f"training failed: {describe_failures(failures, plugin.world_size())}; the launcher "
             f"stopped the other processes. {where[0].upper()}{where[1:]}."
             + (f"\nResume with: {resume_command(config)}" if last else ""),
             1,
@@ -166,7 +175,7 @@ def with_prepared_path(resolved: Resolved, root: str) -> Resolved:
 
 def wants_relaunch(resolved: Resolved) -> bool:
     """A multi-process backend (even with one process) started outside any launcher."""
-    return bool(resolved.distributed.plugin.launcher_args()) and not launched()  # type: ignore[attr-defined]
+    return bool(resolved.distributed.plugin.launcher_args()) and not launched()
 
 
 def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
@@ -195,7 +204,7 @@ def train(resolved: Resolved, log: Any = print) -> Built:
     _prepare_output_dir(as_written, main, state.wait_for_everyone)
     start = resume_point(config, log if main else _quiet)  # a bad `resume` fails before any loading
     if launched():
-        resolved.distributed.plugin.init_processes()  # type: ignore[attr-defined]
+        resolved.distributed.plugin.init_processes()
     built = build_trainer(resolved, (merged, args))
     trainer = built.trainer
     if main:

@@ -25,9 +25,8 @@ class FullOptions(Options):
     )
 
 
-class Full(Adapter):
+class Full(Adapter[FullOptions]):
     name = "full"
-    Options = FullOptions
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []

@@ -53,13 +53,12 @@ class GaLoreOptions(Options):
     )
 
 
-class GaLore(Adapter):
+class GaLore(Adapter[GaLoreOptions]):
     name = "galore"
-    Options = GaLoreOptions
 
     @property
     def opts(self) -> GaLoreOptions:
-        return self.options  # type: ignore[return-value]
+        return self.options
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []

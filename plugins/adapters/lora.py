@@ -22,7 +22,7 @@ Reload with the saved tokenizer: `base.resize_token_embeddings(len(tokenizer))`,
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -74,7 +74,10 @@ def _is_regex(target: list[str] | str) -> bool:
     return isinstance(target, str) and target != ALL_LINEAR
 
 
-class Lora(Adapter):
+LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
+
+
+class Lora(Adapter[LoraOptionsT]):
     name = "lora"
     Options = LoraOptions
 
@@ -86,7 +89,7 @@ class Lora(Adapter):
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         import importlib.util
 
-        opts: LoraOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         problems: list[str | tuple[str, str]] = []
         if _is_regex(opts.target_modules):
             try:
@@ -125,7 +128,7 @@ class Lora(Adapter):
     def contribute(self, config: TrainConfig) -> Contribution:
         from peft import LoraConfig
 
-        opts: LoraOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         target = opts.target_modules if isinstance(opts.target_modules, str) else list(opts.target_modules)
         self._new_ids = self.new_token_ids(config)
         peft_config = LoraConfig(
@@ -160,7 +163,7 @@ class Lora(Adapter):
         return load_tokenizer_and_new_ids(config)[1]
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
-        opts: LoraOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if opts.load_in_8bit:
             from peft import prepare_model_for_kbit_training
 
@@ -183,7 +186,7 @@ class Lora(Adapter):
     def create_optimizer(self, model: Any, args: Any) -> Any:
         """LoRA+ (when `loraplus_lr_ratio` is set): the configured optimizer with the B matrices at
         learning_rate * ratio. None = the trainer's usual optimizer."""
-        opts: LoraOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if opts.loraplus_lr_ratio is None:
             return None
         from peft.optimizers import create_loraplus_optimizer

@@ -65,16 +65,15 @@ def resolved_compute_dtype(options: QLoraOptions, config: TrainConfig) -> Comput
     return "float32"
 
 
-class QLora(Lora):
+class QLora(Lora[QLoraOptions]):
     """LoRA adapters on a 4-bit (bitsandbytes) quantized, frozen base model."""
 
     name = "qlora"
-    Options = QLoraOptions  # type: ignore[assignment]  # mypy reads Lora.Options as its constructor
     requires = {"bitsandbytes": "qlora"}
 
     @property
     def qopts(self) -> QLoraOptions:
-        return self.options  # type: ignore[return-value]
+        return self.options
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = list(super().check(config))

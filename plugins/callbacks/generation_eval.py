@@ -178,13 +178,12 @@ def make_callback(opts: GenerationEvalOptions) -> Any:
     return GenerationEvalCallback()
 
 
-class GenerationEval(Callback):
+class GenerationEval(Callback[GenerationEvalOptions]):
     name = "generation_eval"
-    Options = GenerationEvalOptions
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         """The rows are read here, at validate time, so a wrong file fails before training starts."""
-        opts: GenerationEvalOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if not os.path.isfile(opts.path):
             return [("path", f"file '{opts.path}' does not exist")]
         try:

@@ -26,12 +26,11 @@ class DdpOptions(LaunchOptions):
     bucket_cap_mb: int | None = Field(None, gt=0, description="Gradient bucket size (PyTorch default 25)")
 
 
-class Ddp(Launched):
+class Ddp(Launched[DdpOptions]):
     name = "ddp"
-    Options = DdpOptions
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        opts: DdpOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         backend = opts.backend if opts.backend != "auto" else ("nccl" if has_cuda() else "gloo")
         args = {"ddp_backend": backend, "ddp_find_unused_parameters": opts.find_unused_parameters}
         if opts.bucket_cap_mb is not None:

@@ -69,14 +69,13 @@ class DeepSpeedOptions(LaunchOptions):
     config_file: str | None = Field(None, description="A DeepSpeed JSON to use instead of these keys")
 
 
-class DeepSpeed(Launched):
+class DeepSpeed(Launched[DeepSpeedOptions]):
     name = "deepspeed"
-    Options = DeepSpeedOptions
     requires = {"deepspeed": "deepspeed"}
 
     @property
     def opts(self) -> DeepSpeedOptions:
-        return self.options  # type: ignore[return-value]
+        return self.options
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems = super().check(config)

@@ -46,13 +46,12 @@ class FsdpOptions(LaunchOptions):
     )
 
 
-class Fsdp(Launched):
+class Fsdp(Launched[FsdpOptions]):
     name = "fsdp"
-    Options = FsdpOptions
 
     @property
     def opts(self) -> FsdpOptions:
-        return self.options  # type: ignore[return-value]
+        return self.options
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems = super().check(config)

@@ -9,7 +9,7 @@ on the command line (`distributed.node_rank=1`) wins over the environment, which
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -27,14 +27,20 @@ class LaunchOptions(Options):
     master_port: int = Field(29500, gt=0, lt=65536, description="Port on node 0 (nnodes > 1)")
 
 
-class Launched(Distributed):
+LaunchOptionsT = TypeVar("LaunchOptionsT", bound=LaunchOptions)
+
+
+class Launched(Distributed[LaunchOptionsT]):
     """Base of the backends that run several processes."""
 
     Options = LaunchOptions
 
     @property
     def launch(self) -> LaunchOptions:
-        return self.options  # type: ignore[return-value]
+        return self.options
+
+    def processes_per_node(self) -> int:
+        return self.launch.num_processes
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
@@ -81,7 +87,7 @@ class Launched(Distributed):
         if not updates:
             return []
         try:
-            options = type(self.launch).model_validate({**self.launch.model_dump(), **updates})
+            options = type(self.options).model_validate({**self.options.model_dump(), **updates})
         except ValidationError as err:
             problems = [
                 Problem(("distributed", *map(str, e["loc"])), f"{e['msg']} (from the environment)")
@@ -109,17 +115,6 @@ ENVIRONMENT = {
     "master_port": ("PET_MASTER_PORT", "MASTER_PORT"),
 }
 """Environment variables each launch key is read from (first found wins), as torchrun names them."""
-
-
-def too_many_processes(processes_per_node: int, gpus: int) -> str | None:
-    """Why `processes_per_node` cannot run on a machine with `gpus` GPUs (None when it can: one
-    process per GPU at most; a CPU-only machine runs any number of gloo processes)."""
-    if gpus == 0 or processes_per_node <= gpus:
-        return None
-    return (
-        f"{processes_per_node} processes per node but this machine has {gpus} GPU(s); each process "
-        f"needs a GPU of its own (set num_processes to {gpus} or less)"
-    )
 
 
 def has_cuda() -> bool:

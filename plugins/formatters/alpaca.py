@@ -37,12 +37,11 @@ class AlpacaOptions(Options):
     train_on_prompt: bool = False
 
 
-class Alpaca(Formatter):
+class Alpaca(Formatter[AlpacaOptions]):
     name = "alpaca"
-    Options = AlpacaOptions
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: AlpacaOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         instruction = self.field(row, opts.instruction_field)
         context = self.field(row, opts.input_field, optional=True).strip()
         output = self.field(row, opts.output_field)

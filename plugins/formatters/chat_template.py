@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -88,7 +88,10 @@ class ChatTemplateOptions(Options):
     )
 
 
-class ChatTemplate(Formatter):
+ChatTemplateOptionsT = TypeVar("ChatTemplateOptionsT", bound=ChatTemplateOptions)
+
+
+class ChatTemplate(Formatter[ChatTemplateOptionsT]):
     name = "chat_template"
     Options = ChatTemplateOptions
 
@@ -97,7 +100,7 @@ class ChatTemplate(Formatter):
 
     def __init__(self, options: BaseOptions | None = None):
         super().__init__(options)
-        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         default_mapping = type(opts).model_fields["message_property_mappings"].default
         self._mapping = {**default_mapping, **opts.message_property_mappings}
         self._role_names = {name: role for role, names in (opts.roles or {}).items() for name in names}
@@ -112,7 +115,7 @@ class ChatTemplate(Formatter):
     # ---- validate time --------------------------------------------------------------------------
 
     def check(self, config: Any) -> list[str | tuple[str, str]]:
-        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         problems: list[str | tuple[str, str]] = []
         known = [TOKENIZER_DEFAULT, JINJA, *BUILTIN_TEMPLATES]
         if opts.chat_template not in known:
@@ -157,7 +160,7 @@ class ChatTemplate(Formatter):
     # ---- prepare --------------------------------------------------------------------------------
 
     def prepare(self, tokenizer: Any) -> None:
-        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         self._tokenizer = tokenizer
         self.add_bos = self.add_eos = False
         builtin = BUILTIN_TEMPLATES.get(opts.chat_template)
@@ -260,7 +263,7 @@ class ChatTemplate(Formatter):
     # ---- format ---------------------------------------------------------------------------------
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if self._tokenizer is None:
             raise RuntimeError("prepare(tokenizer) must be called before format()")
         messages, trained, fields = self._messages(row)
@@ -301,7 +304,7 @@ class ChatTemplate(Formatter):
     def _messages(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int], list[str | None]]:
         """Canonical messages, the indices of the trained ones, and each one's field name in the row
         (None for an inserted system prompt)."""
-        opts: ChatTemplateOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         name = opts.field_messages
         raw = row.get(name)
         if raw is None:
@@ -439,12 +442,11 @@ class ShareGPTOptions(ChatTemplateOptions):
     )
 
 
-class ShareGPT(ChatTemplate):
+class ShareGPT(ChatTemplate[ShareGPTOptions]):
     """ShareGPT rows ({"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]})
     through the `chat_template` path."""
 
     name = "sharegpt"
-    Options = ShareGPTOptions
 
 
 # ---- helpers ------------------------------------------------------------------------------------

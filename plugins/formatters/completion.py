@@ -22,11 +22,10 @@ class CompletionOptions(Options):
     field: str = Field("text", description="Row field holding the text")
 
 
-class Completion(Formatter):
+class Completion(Formatter[CompletionOptions]):
     name = "completion"
-    Options = CompletionOptions
     split_long = True
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: CompletionOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         return [Segment(self.field(row, opts.field), train=True)]

@@ -32,18 +32,17 @@ class InputOutputOptions(Options):
     add_eos: bool = Field(False, description="Append the tokenizer's EOS token (trained)")
 
 
-class InputOutput(Formatter):
+class InputOutput(Formatter[InputOutputOptions]):
     name = "input_output"
-    Options = InputOutputOptions
 
     def __init__(self, options: InputOutputOptions | None = None):
         super().__init__(options)
-        opts: InputOutputOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         self.add_bos = opts.add_bos
         self.add_eos = opts.add_eos
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: InputOutputOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         name = opts.field
         items = row.get(name)
         if items is None:

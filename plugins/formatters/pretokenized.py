@@ -37,13 +37,12 @@ class PretokenizedOptions(Options):
     add_eos: bool = Field(False, description="Append the tokenizer's EOS token (trained)")
 
 
-class Pretokenized(Formatter):
+class Pretokenized(Formatter[PretokenizedOptions]):
     name = "pretokenized"
-    Options = PretokenizedOptions
 
     def __init__(self, options: PretokenizedOptions | None = None):
         super().__init__(options)
-        opts: PretokenizedOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         self.add_bos = opts.add_bos
         self.add_eos = opts.add_eos
         self.vocab_size: int | None = None
@@ -52,7 +51,7 @@ class Pretokenized(Formatter):
         self.vocab_size = len(tokenizer)
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: PretokenizedOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if self.vocab_size is None:
             raise RuntimeError("pretokenized: prepare(tokenizer) must be called before format()")
         ids = _int_list(row, opts.input_ids_field)

@@ -24,12 +24,11 @@ class PromptCompletionOptions(Options):
     train_on_prompt: bool = Field(False, description="Also compute the loss on the prompt")
 
 
-class PromptCompletion(Formatter):
+class PromptCompletion(Formatter[PromptCompletionOptions]):
     name = "prompt_completion"
-    Options = PromptCompletionOptions
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: PromptCompletionOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         prompt = self.field(row, opts.prompt_field)
         completion = self.field(row, opts.completion_field)
         return [

@@ -67,11 +67,10 @@ class LigerOptions(Options):
     )
 
 
-class Liger(Kernel):
+class Liger(Kernel[LigerOptions]):
     """Liger Kernel's fused Triton kernels (RMSNorm, RoPE, SwiGLU, ...): CUDA GPUs only, needs liger-kernel"""
 
     name = "liger"
-    Options = LigerOptions
     requires = {"liger_kernel": "liger"}
 
     def missing_requirements(self) -> list[str]:
@@ -83,7 +82,7 @@ class Liger(Kernel):
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
-        options: LigerOptions = self.options  # type: ignore[assignment]
+        options = self.options
         if options.cross_entropy and options.fused_linear_cross_entropy:
             problems.append(
                 (
@@ -127,7 +126,7 @@ class Liger(Kernel):
         return problems
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        options: LigerOptions = self.options  # type: ignore[assignment]
+        options = self.options
         return Contribution(
             sft_args={"use_liger_kernel": True, "liger_kernel_config": liger_kernel_config(options)}
         )

@@ -42,7 +42,7 @@ def summary(resolved: Resolved) -> list[str]:
             f"prepared in {c.dataset_prepared_path or '(not kept)'}",
         )
     )
-    world = resolved.distributed.plugin.world_size()  # type: ignore[attr-defined]
+    world = resolved.distributed.plugin.world_size()
     per_step = c.micro_batch_size * c.gradient_accumulation_steps * world
     lines.append(
         row(

@@ -14,11 +14,11 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.api import Plugin
+from trainer.api import Adapter, Attention, Callback, Distributed, Formatter, Kernel, Plugin
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.overrides import apply_overrides
 from trainer.config.schema import (
@@ -102,13 +102,16 @@ def _missing_optimizer_packages(name: str) -> list[str]:
     return missing
 
 
+PluginT = TypeVar("PluginT", bound=Plugin[Any])
+
+
 @dataclass
-class Chosen:
+class Chosen(Generic[PluginT]):
     """A plugin chosen by the config: where it was chosen, its registry entry and its instance."""
 
     path: Path
     entry: Entry
-    plugin: Plugin
+    plugin: PluginT
 
 
 @dataclass
@@ -117,15 +120,15 @@ class Resolved:
 
     config: TrainConfig
     source: SourceMap
-    adapter: Chosen
-    attention: Chosen
-    distributed: Chosen
-    callbacks: list[Chosen] = field(default_factory=list)
-    kernels: list[Chosen] = field(default_factory=list)
-    formatters: list[Chosen] = field(default_factory=list)
-    test_formatters: list[Chosen] = field(default_factory=list)
+    adapter: Chosen[Adapter[Any]]
+    attention: Chosen[Attention[Any]]
+    distributed: Chosen[Distributed[Any]]
+    callbacks: list[Chosen[Callback[Any]]] = field(default_factory=list)
+    kernels: list[Chosen[Kernel[Any]]] = field(default_factory=list)
+    formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
+    test_formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
 
-    def plugins(self) -> list[Chosen]:
+    def plugins(self) -> list[Chosen[Any]]:
         return [
             *self.formatters,
             *self.test_formatters,
@@ -207,7 +210,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems.sort(key=lambda p: _line_of(p))
         raise ConfigErrors(problems)
     assert config is not None
-    return Resolved(config=config, source=source, **chosen)  # type: ignore[arg-type]
+    return Resolved(config=config, source=source, **chosen)
 
 
 def _said_better(core: Problem, others: list[Problem]) -> bool:

@@ -105,7 +105,7 @@ def prepare_formatters(resolved: Resolved, tokenizer: Any) -> None:
         where = resolved.source.where(chosen.path) or dotted(chosen.path)
         before = getattr(tokenizer, "chat_template", None)
         try:
-            chosen.plugin.prepare(tokenizer)  # type: ignore[attr-defined]
+            chosen.plugin.prepare(tokenizer)
         except ValueError as err:
             raise DataError(where, f"{dotted(chosen.path)}: {err}") from None
         if getattr(tokenizer, "chat_template", None) != before:
@@ -128,7 +128,7 @@ def _encode_source(
     seen: set[bytes],
 ) -> _Rows:
     config = resolved.config
-    formatter: Formatter = chosen.plugin  # type: ignore[assignment]
+    formatter: Formatter = chosen.plugin
     processor = RowProcessor(formatter, tokenizer, config)
     kept = _Rows()
     for outcome in process_rows(processor, source.rows(), config.dataset_num_proc):

@@ -135,7 +135,7 @@ def read_file(path: str) -> Iterator[Row]:
 def _jsonl(path: str) -> Iterator[Row]:
     opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

@@ -24,7 +24,7 @@ def preview(resolved: Resolved, tokenizer: Any, count: int) -> Iterator[tuple[st
     dropped). Call after `pipeline.prepare_formatters`."""
     shown = 0
     for spec, chosen in zip(resolved.config.datasets, resolved.formatters, strict=True):
-        formatter: Formatter = chosen.plugin  # type: ignore[assignment]
+        formatter: Formatter = chosen.plugin
         processor = RowProcessor(formatter, tokenizer, resolved.config)
         rows = Source(spec).rows()
         for outcome in process_rows(processor, islice(rows, count - shown), num_proc=1):

@@ -30,20 +30,19 @@ class LossLogOptions(Options):
     )
 
 
-class LossLog(Callback):
+class LossLog(Callback[LossLogOptions]):
     """Each logged training loss as a JSON line; optional early stop below a threshold."""
 
     name = "loss_log"
-    Options = LossLogOptions
 
     def log_path(self, config: TrainConfig) -> str:
-        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         return opts.path or os.path.join(config.output_dir, DEFAULT_NAME)
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         """Runs at validate time: refuse to overwrite a file the user already has. A problem is a
         message, or (option name, message) to point at that option and its line."""
-        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if opts.path and os.path.exists(opts.path) and not config.resume:
             return [("path", f"'{opts.path}' already exists; remove it or choose another file")]
         return []
@@ -53,5 +52,5 @@ class LossLog(Callback):
         # import it here, when a run is being built, never at module level.
         from trainer_plugin_example.loss_log_callback import LossLogCallback
 
-        opts: LossLogOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         return Contribution(callbacks=[LossLogCallback(self.log_path(config), opts.stop_below)])

@@ -59,14 +59,13 @@ class QaPairsOptions(Options):
         return value
 
 
-class QaPairs(Formatter):
+class QaPairs(Formatter[QaPairsOptions]):
     """Question/answer rows with optional context; loss on the answer only."""
 
     name = "qa_pairs"
-    Options = QaPairsOptions
 
     def format(self, row: dict[str, Any]) -> list[Segment]:
-        opts: QaPairsOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         # Formatter.field raises RowError for a missing or non-string field; the core adds file and line.
         question = self.field(row, opts.question_field)
         answer = self.field(row, opts.answer_field)
