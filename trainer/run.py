@@ -42,8 +42,7 @@ def check_machine(resolved: Resolved) -> None:
     chosen = resolved.distributed
     problems = [*check_start(resolved.config), *check_processes(resolved)]
     problems += [
-        Problem((*chosen.path, key), message)
-        for key, message in chosen.plugin.check_machine(resolved.config)
+        Problem((*chosen.path, key), message) for key, message in chosen.plugin.check_machine(resolved.config)
     ]
     for problem in problems:
         problem.where = problem.where or resolved.source.where(problem.path)
