@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from trainer.outputs import RESOLVED_NAME
+from trainer.paths import looks_local
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -200,7 +201,7 @@ def inspect_run(run_dir: str | os.PathLike[str], base_model: str | None = None) 
     info.base_model = base_model or named or ""
     if not info.base_model:
         raise MergeError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path; pass --base-model")
-    if base_model is None and _looks_local(info.base_model) and not os.path.isdir(info.base_model):
+    if base_model is None and looks_local(info.base_model) and not os.path.isdir(info.base_model):
         raise MergeError(
             f"the base model '{info.base_model}' named in {ADAPTER_CONFIG} does not exist "
             "(moved?); pass --base-model PATH"
@@ -208,10 +209,6 @@ def inspect_run(run_dir: str | os.PathLike[str], base_model: str | None = None) 
     if base_model is not None and named and base_model != named:
         info.notes.append(f"base model overridden: {base_model} (the adapter names {named})")
     return info
-
-
-def _looks_local(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:

@@ -31,6 +31,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
+from trainer.paths import looks_local
 from trainer.registry import Entry, PluginError, Registry, default_registry
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
@@ -601,10 +602,6 @@ def _is_multiple(big: float, small: float) -> bool:
     return abs(ratio - round(ratio)) < 1e-6 and round(ratio) >= 1
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
-
-
 def _check_paths(data: dict[str, Any]) -> list[Problem]:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     problems = []
@@ -612,7 +609,7 @@ def _check_paths(data: dict[str, Any]) -> list[Problem]:
     def check(path: Path, name: Any, what: str, is_file: bool, hub_model: bool) -> None:
         if not isinstance(name, str) or os.path.exists(os.path.expanduser(name)):
             return
-        if is_file or _looks_local(name):
+        if is_file or looks_local(name):
             problems.append(Problem(path, f"{what} '{name}' does not exist"))
         elif offline and hub_model and not _in_hub_cache(name):
             problems.append(
