@@ -97,7 +97,7 @@ def test_the_train_time_warning_is_printed_once_and_on_the_main_process_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trainer import build
-    from trainer.run import CHECKED_ENV
+    from trainer.launcher import CHECKED_ENV
 
     on = config_of(tmp_path / "m", trust_remote_code=True, tokenizer=str(tmp_path / "t"))
     text = build.remote_code_warning(on)

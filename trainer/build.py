@@ -16,6 +16,7 @@ from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.config.validate import Resolved, sft_config_fields
 from trainer.data.collate import PackedInputs
+from trainer.launcher import CHECKED_ENV
 from trainer.precision import accelerator_type
 
 
@@ -189,8 +190,6 @@ def warn_remote_code(config: TrainConfig) -> None:
     if text is None or text in _warned:
         return
     _warned.add(text)
-    from trainer.run import CHECKED_ENV  # set only for the processes the train command starts
-
     if os.environ.get("RANK", "0") != "0" or os.environ.get(CHECKED_ENV) == "1":
         return
     print(text, file=sys.stderr, flush=True)

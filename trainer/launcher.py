@@ -15,6 +15,11 @@ import os
 import sys
 
 REPORT_ENV = "TRAINER_LAUNCH_REPORT"
+"""Where the launcher writes the failed processes (JSON), for the train command that started it."""
+CHECKED_ENV = "TRAINER_OUTPUT_DIR_CHECKED"
+"""Set for the processes the train command starts: it checked output_dir and warned already."""
+PREPARED_ENV = "TRAINER_PREPARED_DATA"
+"""Set for the processes the train command starts: the folder with the data it prepared for them."""
 
 
 def main(argv: list[str]) -> int:

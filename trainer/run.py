@@ -19,12 +19,10 @@ from trainer.build import Built, build_trainer, plan
 from trainer.checkpoints import newest_complete, resume_point
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.validate import Resolved
-from trainer.launcher import REPORT_ENV, describe_failures
+from trainer.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures
 from trainer.outputs import RESOLVED_NAME, check_output_dir, clear_previous_run, save_final, write_resolved
 from trainer.stops import RunStopped
 
-CHECKED_ENV = "TRAINER_OUTPUT_DIR_CHECKED"
-PREPARED_ENV = "TRAINER_PREPARED_DATA"
 """Set by the train command for the processes it starts: where it prepared the data for them."""
 
 
