@@ -20,10 +20,7 @@ from typing import Any
 
 from trainer.config.errors import Problem
 from trainer.config.schema import TrainConfig
-
-_SYNC = "galore_torch's 8-bit GaLoreAdamW calls torch.cuda.synchronize() every step"
-CUDA_ONLY_OPTIMIZERS = {"galore_adamw_8bit": _SYNC, "galore_adamw_8bit_layerwise": _SYNC}
-"""Optimizers that cannot step without CUDA, and why (measured on a CPU-only torch build)."""
+from trainer.optimizers import OPTIMIZERS
 
 
 def accelerator_type() -> str | None:
@@ -92,7 +89,7 @@ def check_precision(config: TrainConfig, device: Any = ...) -> list[Problem]:
 def check_optimizer_device(config: TrainConfig, device: Any = ...) -> list[Problem]:
     """An optimizer that cannot run on this machine's device."""
     device = accelerator_type() if device is ... else device
-    why = CUDA_ONLY_OPTIMIZERS.get(config.optimizer)
+    why = OPTIMIZERS[config.optimizer].cuda_only
     if why is None or device == "cuda":
         return []
     plain = config.optimizer.replace("_8bit", "")

@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda, is_8bit_optimizer
+from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda
 from trainer.api import Contribution, Sharding
 from trainer.config.schema import TrainConfig
+from trainer.optimizers import OPTIMIZERS
 
 AUTO = "auto"
 CPU_ADAM_KEEPS = ("adamw_torch", "adamw_torch_fused")
@@ -94,7 +95,7 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
                 "GaLore cannot run under deepspeed: ZeRO wraps and partitions the optimizer state that "
                 "GaLore's projections work on (use distributed: ddp)"
             )
-        if opts.offload_optimizer != "none" and is_8bit_optimizer(config.optimizer):
+        if opts.offload_optimizer != "none" and OPTIMIZERS[config.optimizer].low_bit_state:
             problems.append(
                 (
                     "offload_optimizer",

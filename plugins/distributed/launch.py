@@ -128,8 +128,3 @@ def adapter(config: TrainConfig) -> tuple[str | None, dict[str, Any]]:
     block = config.adapter
     options = {k: v for k, v in block.items() if k != "type"} if isinstance(block, dict) else {}
     return plugin_name(block), options
-
-
-def is_8bit_optimizer(name: str) -> bool:
-    """bitsandbytes' 8-bit and paged optimizers."""
-    return "8bit" in name or name.startswith(("paged_", "lion_", "rmsprop_bnb", "adamw_bnb_"))

@@ -31,6 +31,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
+from trainer.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from trainer.paths import looks_local
 from trainer.registry import Entry, PluginError, Registry, default_registry
 
@@ -57,38 +58,9 @@ OWNED_BY_TOP_LEVEL = {
 }  # fmt: skip
 
 
-BNB_EXTRA = "pip install 'trainer[bnb]'"
-"""How to get bitsandbytes (the qlora extra carries it)."""
-
-_BNB = ("bitsandbytes", BNB_EXTRA)
-_GALORE = ("galore_torch", "pip install 'trainer[galore]'")
-
-
 def optimizer_requirements(name: str) -> list[tuple[str, str]]:
     """(importable module, how to install it) for each package transformers needs for `name`."""
-    if name.startswith("galore_"):
-        return [_GALORE, _BNB] if "8bit" in name else [_GALORE]
-    if name.startswith(("paged_", "lion_", "rmsprop_bnb", "ademamix", "adamw_bnb_", "adamw_8bit")):
-        return [_BNB]
-    if name.startswith("apollo_"):
-        return [("apollo_torch", "pip install apollo-torch")]
-    if name in ("lomo", "adalomo"):
-        return [("lomo_optim", "pip install lomo-optim")]
-    if name.startswith("schedule_free_"):
-        return [("schedulefree", "pip install schedulefree")]
-    if name == "grokadamw":
-        return [("grokadamw", "pip install grokadamw")]
-    if name in ("adamw_torch_4bit", "adamw_torch_8bit"):
-        return [("torchao", "pip install 'torchao>=0.4'")]
-    if name == "stable_adamw":
-        return [("optimi", "pip install torch-optimi")]
-    if name == "adamw_anyprecision":
-        return [("torchdistx", "install torchdistx (https://github.com/pytorch/torchdistx)")]
-    if name == "adamw_torch_xla":
-        return [("torch_xla", "install torch_xla (a TPU/XLA machine)")]
-    if name == "adamw_torch_npu_fused":
-        return [("torch_npu", "install torch_npu (an Ascend NPU machine)")]
-    return []
+    return list(OPTIMIZER_TABLE[name].requires)
 
 
 def _missing_optimizer_packages(name: str) -> list[str]:
