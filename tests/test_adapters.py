@@ -308,3 +308,45 @@ def test_neftune_noises_embeddings_in_training_only(adapter, extra, tiny_model, 
     embed.train()
     with torch.no_grad():
         assert torch.equal(embed(ids), embed(ids))
+
+
+@pytest.mark.parametrize(
+    ("target_modules", "message"),
+    [
+        (
+            ["q_proj", "qproj"],
+            "'qproj' matches no module; {model}'s linear layers are named down_proj, gate_proj,",
+        ),
+        (
+            r".*\.attn\.q_proj",
+            r"the regex '.*\.attn\.q_proj' matches no module name; {model}'s linear layers",
+        ),
+    ],
+    ids=["list", "regex"],
+)
+def test_a_target_module_that_matches_nothing_fails_validate(
+    tiny_model, toy_data, tmp_path, target_modules, message
+):
+    """A misspelt target_modules entry would train the rest silently: validate reads the module
+    names from the model's safetensors header (no torch) and names the layers there are."""
+    from tests.conftest import run_command, write_yaml
+
+    adapter = {"type": "lora", "target_modules": target_modules}
+    cfg = write_yaml(
+        tmp_path / "cfg.yml",
+        config_for(tiny_model, toy_data / "train.jsonl", tmp_path / "out", adapter=adapter),
+    )
+    done = run_command("validate", cfg)
+    assert done.returncode == 2, done.stdout
+    assert f"adapter.target_modules: {message.format(model=tiny_model)}" in done.stderr, done.stderr
+    right = {**adapter, "target_modules": ["q_proj", "self_attn.v_proj"]}
+    cfg = write_yaml(
+        tmp_path / "ok.yml", config_for(tiny_model, toy_data / "train.jsonl", tmp_path / "out", adapter=right)
+    )
+    assert run_command("validate", cfg).returncode == 0
+
+
+def test_target_modules_of_a_model_not_on_this_machine_are_left_to_peft():
+    from plugins.adapters.lora import unmatched_targets
+
+    assert unmatched_targets(["qproj"], "some-org/not-downloaded-model") == []  # nothing is fetched

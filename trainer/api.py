@@ -175,6 +175,47 @@ class Attention(Plugin[OptionsT]):
 
 
 @dataclass(frozen=True)
+class BaseModelInfo:
+    """The base model as a plugin's `check()` may see it without torch or a download: parameter
+    names and shapes from the safetensors headers, and config.json (a local folder or the hub
+    cache). From `describe_base_model(config.base_model)`."""
+
+    tensors: dict[str, tuple[int, ...]]
+    config: dict[str, Any]
+    source: str
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+    def modules(self) -> set[str]:
+        """Names of the modules that hold parameters (`model.layers.0.self_attn.q_proj`, ...)."""
+        return {name.rsplit(".", 1)[0] for name in self.tensors if "." in name}
+
+    def linear_layers(self) -> dict[str, tuple[int, int]]:
+        """module name -> (in, out) of every linear layer but the embeddings and the output layer."""
+        from trainer.memory import linear_layers
+
+        return linear_layers(self.tensors)
+
+
+def describe_base_model(base_model: str) -> BaseModelInfo | None:
+    """`base_model` described from its files, or None when they are not on this machine (a hub id
+    not in the cache: nothing is downloaded at validate time)."""
+    from trainer.memory import Unavailable, find_shapes
+
+    try:
+        shapes = find_shapes(base_model)
+    except Unavailable:
+        return None
+    return BaseModelInfo(tensors=dict(shapes.tensors), config=dict(shapes.config), source=shapes.source)
+
+
+@dataclass(frozen=True)
 class Sharding:
     """How a distributed backend splits the model state over its processes, in the ZeRO paper's
     terms: which of the weights, gradients and optimizer state each process holds only a 1/`over`

@@ -82,16 +82,21 @@ class ModelShapes:
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """module name -> (in, out) of every linear layer but embeddings and the output layer."""
-        out = {}
-        for name, shape in self.tensors.items():
-            if len(shape) != 2 or not name.endswith(".weight"):
-                continue
-            module = name[: -len(".weight")]
-            last = module.rsplit(".", 1)[-1]
-            if re.search(r"embed|wte|wpe|lm_head", module) or last in ("output", "embed_out"):
-                continue
-            out[module] = (shape[1], shape[0])
-        return out
+        return linear_layers(self.tensors)
+
+
+def linear_layers(tensors: dict[str, Shape]) -> dict[str, tuple[int, int]]:
+    """module name -> (in, out) of every linear layer but embeddings and the output layer."""
+    out = {}
+    for name, shape in tensors.items():
+        if len(shape) != 2 or not name.endswith(".weight"):
+            continue
+        module = name[: -len(".weight")]
+        last = module.rsplit(".", 1)[-1]
+        if re.search(r"embed|wte|wpe|lm_head", module) or last in ("output", "embed_out"):
+            continue
+        out[module] = (shape[1], shape[0])
+    return out
 
 
 def _numel(shape: Shape) -> int:

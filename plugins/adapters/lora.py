@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from trainer.api import Adapter, Contribution, Options
+from trainer.api import Adapter, Contribution, Options, describe_base_model
 from trainer.config.schema import TrainConfig
 
 ALL_LINEAR = "all-linear"
@@ -72,6 +72,24 @@ class LoraOptions(Options):
 
 def _is_regex(target: list[str] | str) -> bool:
     return isinstance(target, str) and target != ALL_LINEAR
+
+
+def unmatched_targets(targets: list[str] | str, base_model: str) -> list[str | tuple[str, str]]:
+    """target_modules entries that match no module of the base model, as PEFT matches them (a name
+    equal to the entry or ending in ".entry"; a regex string must fullmatch a module name). Checked
+    when the model's files are on this machine; a misspelt entry would otherwise train the rest."""
+    info = describe_base_model(base_model)
+    if info is None or targets == ALL_LINEAR:
+        return []
+    modules = info.modules()
+    layers = sorted({name.rsplit(".", 1)[-1] for name in info.linear_layers()})
+    named = f"{base_model}'s linear layers are named {', '.join(layers)}"
+    if isinstance(targets, str):
+        if any(re.fullmatch(targets, module) for module in modules):
+            return []
+        return [("target_modules", f"the regex '{targets}' matches no module name; {named}")]
+    unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    return [("target_modules", f"'{t}' matches no module; {named}") for t in unmatched]
 
 
 LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
@@ -123,6 +141,8 @@ class Lora(Adapter[LoraOptionsT]):
             )
         if opts.loraplus_lr_ratio is not None and opts.loraplus_lr_ratio < 1:
             problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
+        if not any(key == "target_modules" for key, *_ in (p for p in problems if isinstance(p, tuple))):
+            problems += unmatched_targets(opts.target_modules, config.base_model)
         return problems
 
     def contribute(self, config: TrainConfig) -> Contribution:
