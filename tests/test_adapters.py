@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.conftest import logits_of, run_api, toy_config, write_yaml  # noqa: E402
+from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
 from trainer.build import build_trainer  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
 from trainer.config.validate import load_config  # noqa: E402
@@ -329,8 +329,6 @@ def test_a_target_module_that_matches_nothing_fails_validate(
 ):
     """A misspelt target_modules entry would train the rest silently: validate reads the module
     names from the model's safetensors header (no torch) and names the layers there are."""
-    from tests.conftest import run_command, write_yaml
-
     adapter = {"type": "lora", "target_modules": target_modules}
     cfg = write_yaml(
         tmp_path / "cfg.yml",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_api, toy_config
+from tests.conftest import run_api, run_command, toy_config, write_yaml
 
 torch = pytest.importorskip("torch")
 
@@ -104,8 +104,6 @@ def test_a_file_it_cannot_read_is_a_validate_error(
 ) -> None:
     """A CSV (or a row without the fields) fails `validate` with the file and line, before any training,
     instead of a JSONDecodeError traceback when training starts."""
-    from tests.conftest import run_command, write_yaml
-
     path = tmp_path / "heldout.csv"
     path.write_text(text, encoding="utf-8")
     callback = {"type": "generation_eval", "path": str(path), "answer_field": "generation"}

@@ -196,6 +196,13 @@ class BaseModelInfo:
         """Names of the modules that hold parameters (`model.layers.0.self_attn.q_proj`, ...)."""
         return {name.rsplit(".", 1)[0] for name in self.tensors if "." in name}
 
+    def selects(self, target: str) -> bool:
+        """Whether a name in a target_modules list selects a module of this model, as PEFT matches
+        names (the module's whole name, or its last dotted parts)."""
+        from trainer.memory import peft_selects
+
+        return any(peft_selects(module, target) for module in self.modules())
+
     def linear_layers(self) -> dict[str, tuple[int, int]]:
         """module name -> (in, out) of every linear layer but the embeddings and the output layer."""
         from trainer.memory import linear_layers

@@ -50,6 +50,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def read_failures(path: str) -> list[dict]:
+    """The failed processes `main` wrote to `path` (empty when none failed)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return list(json.load(handle))
+
+
 def describe_failures(failures: list[dict], world_size: int) -> str:
     """The failed processes, those killed by a signal first (the others usually failed because they
     lost that peer), those that got SIGTERM (the launcher's own stop) last."""

@@ -327,6 +327,11 @@ def _opt(options: Any, name: str, default: Any) -> Any:
     return getattr(options, name, default) if options is not None else default
 
 
+def peft_selects(module: str, target: str) -> bool:
+    """PEFT's rule for a name in a target_modules list: the module's whole name, or its last parts."""
+    return module == target or module.endswith("." + target)
+
+
 def _targets(
     spec: Any, linears: dict[str, tuple[int, int]], regex: bool = False
 ) -> dict[str, tuple[int, int]]:
@@ -338,7 +343,7 @@ def _targets(
     names = [str(t) for t in spec]
 
     def hit(module: str, target: str) -> bool:
-        if module == target or module.endswith("." + target):
+        if peft_selects(module, target):
             return True
         try:  # transformers' optim_target_modules (GaLore) also take regexes
             return regex and (target in module or re.fullmatch(target, module) is not None)

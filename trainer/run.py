@@ -19,11 +19,9 @@ from trainer.build import Built, build_trainer, plan
 from trainer.checkpoints import newest_complete, resume_point
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.validate import Resolved
-from trainer.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures
+from trainer.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
 from trainer.outputs import RESOLVED_NAME, check_output_dir, clear_previous_run, save_final, write_resolved
 from trainer.stops import RunStopped
-
-"""Set by the train command for the processes it starts: where it prepared the data for them."""
 
 
 def launched() -> bool:
@@ -99,7 +97,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
         report = os.path.join(report_dir, "failures.json")
         env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root, REPORT_ENV: report}
         code, signum = _run_forwarding_signals(command, env)
-        failures = _read_failures(report)
+        failures = read_failures(report)
     finally:
         shutil.rmtree(report_dir, ignore_errors=True)
         if config.dataset_prepared_path is None:
@@ -122,16 +120,6 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
             1,
         )
     return code
-
-
-def _read_failures(report: str) -> list[dict[str, Any]]:
-    """The failed processes the launcher wrote down (empty when none failed)."""
-    import json
-
-    if not os.path.isfile(report):
-        return []
-    with open(report, encoding="utf-8") as handle:
-        return list(json.load(handle))
 
 
 def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> tuple[int, int]:

@@ -56,10 +56,6 @@ class GaLoreOptions(Options):
 class GaLore(Adapter[GaLoreOptions]):
     name = "galore"
 
-    @property
-    def opts(self) -> GaLoreOptions:
-        return self.options
-
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
         optimizer = config.optimizer
@@ -88,7 +84,7 @@ class GaLore(Adapter[GaLoreOptions]):
                     f"optimizer '{optimizer}' does not support multi-process (DDP) training in "
                     f"transformers; use '{optimizer.removesuffix('_layerwise')}' or distributed: none"
                 )
-        targets = self.opts.target_modules
+        targets = self.options.target_modules
         if isinstance(targets, list):
             for pattern in targets:
                 try:
@@ -98,7 +94,7 @@ class GaLore(Adapter[GaLoreOptions]):
         return problems
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        opts = self.opts
+        opts = self.options
         targets = opts.target_modules if isinstance(opts.target_modules, str) else list(opts.target_modules)
         optim_args = (
             f"rank={opts.rank},update_proj_gap={opts.update_proj_gap},"
@@ -108,7 +104,7 @@ class GaLore(Adapter[GaLoreOptions]):
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
         """Fail before training (with the option's path) when no linear module is targeted."""
-        targets = self.opts.target_modules
+        targets = self.options.target_modules
         linear = targeted_linears(model, targets)
         if not linear:
             from trainer.config.errors import ConfigErrors, Problem

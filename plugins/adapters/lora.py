@@ -88,8 +88,7 @@ def unmatched_targets(targets: list[str] | str, base_model: str) -> list[str | t
         if any(re.fullmatch(targets, module) for module in modules):
             return []
         return [("target_modules", f"the regex '{targets}' matches no module name; {named}")]
-    unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
-    return [("target_modules", f"'{t}' matches no module; {named}") for t in unmatched]
+    return [("target_modules", f"'{t}' matches no module; {named}") for t in targets if not info.selects(t)]
 
 
 LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
@@ -141,7 +140,7 @@ class Lora(Adapter[LoraOptionsT]):
             )
         if opts.loraplus_lr_ratio is not None and opts.loraplus_lr_ratio < 1:
             problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
-        if not any(key == "target_modules" for key, *_ in (p for p in problems if isinstance(p, tuple))):
+        if not any(isinstance(p, tuple) and p[0] == "target_modules" for p in problems):
             problems += unmatched_targets(opts.target_modules, config.base_model)
         return problems
 

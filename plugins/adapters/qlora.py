@@ -71,13 +71,9 @@ class QLora(Lora[QLoraOptions]):
     name = "qlora"
     requires = {"bitsandbytes": "qlora"}
 
-    @property
-    def qopts(self) -> QLoraOptions:
-        return self.options
-
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = list(super().check(config))
-        opts = self.qopts
+        opts = self.options
         if getattr(opts, "load_in_8bit", False):  # lora's own 8-bit loading
             problems.append(
                 ("load_in_8bit", "qlora loads the base in 4 bits; for 8 bits use adapter type lora")
@@ -108,7 +104,7 @@ class QLora(Lora[QLoraOptions]):
         import torch
         from transformers import BitsAndBytesConfig
 
-        opts = self.qopts
+        opts = self.options
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=opts.quant_type,
@@ -123,7 +119,7 @@ class QLora(Lora[QLoraOptions]):
             **contribution.model_kwargs,
             "quantization_config": self.bnb_config(config),
         }
-        if resolved_compute_dtype(self.qopts, config) != "bfloat16":
+        if resolved_compute_dtype(self.options, config) != "bfloat16":
             contribution.callbacks = [*contribution.callbacks, _adapters_in_float32()]
         return contribution
 

@@ -36,16 +36,21 @@ from trainer.optimizers import OPTIMIZERS
 AUTO = "auto"
 CPU_ADAM_KEEPS = ("adamw_torch", "adamw_torch_fused")
 """Optimizers that DeepSpeed's CPU Adam reproduces (AdamW) when offloading swaps it in."""
-ADAM_DEFAULTS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
-"""What the swap passes on besides lr and weight decay: nothing, so these must be the defaults."""
+ADAM_SETTINGS = ("adam_beta1", "adam_beta2", "adam_epsilon")
+"""What the swap does not pass on (only lr and weight decay): they must keep transformers' defaults."""
 
 
 def cpu_adam_would_differ(config: TrainConfig) -> bool:
     """Whether swapping in DeepSpeed's CPU Adam (offload_optimizer) would change the optimizer."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
     args = config.trainer_args or {}
     if config.optimizer not in CPU_ADAM_KEEPS or args.get("optim_args"):
         return True
-    return any(args.get(key, default) != default for key, default in ADAM_DEFAULTS.items())
+    defaults = {f.name: f.default for f in fields(TrainingArguments) if f.name in ADAM_SETTINGS}
+    return any(args.get(key, default) != default for key, default in defaults.items())
 
 
 class DeepSpeedOptions(LaunchOptions):
@@ -74,13 +79,9 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
     name = "deepspeed"
     requires = {"deepspeed": "deepspeed"}
 
-    @property
-    def opts(self) -> DeepSpeedOptions:
-        return self.options
-
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems = super().check(config)
-        opts = self.opts
+        opts = self.options
         if opts.offload_param != "none" and opts.stage != 3:
             problems.append(
                 ("offload_param", f"offloads weights, which only stage 3 shards (stage is {opts.stage})")
@@ -114,12 +115,12 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
         return problems
 
     def deepspeed_config_file(self) -> dict[str, Any]:
-        with open(str(self.opts.config_file), encoding="utf-8") as handle:
+        with open(str(self.options.config_file), encoding="utf-8") as handle:
             loaded: dict[str, Any] = json.load(handle)
         return loaded
 
     def deepspeed_config(self, config: TrainConfig) -> dict[str, Any]:
-        opts = self.opts
+        opts = self.options
         if opts.config_file is not None:
             return self.deepspeed_config_file()
         zero: dict[str, Any] = {
@@ -156,7 +157,7 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
         return generated
 
     def sharding(self) -> Sharding:
-        opts = self.opts
+        opts = self.options
         if opts.config_file is not None:
             zero = self.deepspeed_config_file().get("zero_optimization", {})
             stage = int(zero.get("stage", 0))

@@ -49,17 +49,13 @@ class FsdpOptions(LaunchOptions):
 class Fsdp(Launched[FsdpOptions]):
     name = "fsdp"
 
-    @property
-    def opts(self) -> FsdpOptions:
-        return self.options
-
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems = super().check(config)
-        if self.opts.version == 2 and self.opts.sharding in ("hybrid_shard", "no_shard"):
+        if self.options.version == 2 and self.options.sharding in ("hybrid_shard", "no_shard"):
             problems.append(
                 (
                     "sharding",
-                    f"'{self.opts.sharding}' needs version: 1 (FSDP2 has full_shard and shard_grad_op)",
+                    f"'{self.options.sharding}' needs version: 1 (FSDP2 has full_shard and shard_grad_op)",
                 )
             )
         if adapter(config)[0] == "galore" or config.optimizer.startswith("galore_"):
@@ -67,7 +63,7 @@ class Fsdp(Launched[FsdpOptions]):
                 "GaLore cannot run under fsdp: its optimizer projects whole weight matrices, which FSDP "
                 "shards across processes (use distributed: ddp)"
             )
-        if self.opts.version == 1 and self.opts.checkpoint_state_dict == "sharded" and config.resume:
+        if self.options.version == 1 and self.options.checkpoint_state_dict == "sharded" and config.resume:
             problems.append(
                 (
                     "version",
@@ -75,7 +71,7 @@ class Fsdp(Launched[FsdpOptions]):
                     "into an optimizer that has no state yet, so Adam restarts): resume with version: 2",
                 )
             )
-        if self.opts.activation_checkpointing and config.gradient_checkpointing:
+        if self.options.activation_checkpointing and config.gradient_checkpointing:
             problems.append(
                 ("activation_checkpointing", "set this or the top-level gradient_checkpointing, not both")
             )
@@ -85,7 +81,7 @@ class Fsdp(Launched[FsdpOptions]):
         if has_cuda():
             return []
         problems = []
-        if self.opts.version == 1 and adapter(config)[0] not in (None, "full"):
+        if self.options.version == 1 and adapter(config)[0] not in (None, "full"):
             problems.append(
                 (
                     "version",
@@ -93,7 +89,7 @@ class Fsdp(Launched[FsdpOptions]):
                     "gather crashes on CPU tensors): use version: 2",
                 )
             )
-        if self.opts.version == 1 and self.opts.checkpoint_state_dict == "full":
+        if self.options.version == 1 and self.options.checkpoint_state_dict == "full":
             problems.append(
                 (
                     "checkpoint_state_dict",
@@ -101,7 +97,7 @@ class Fsdp(Launched[FsdpOptions]):
                     "tensors, SIGSEGV): use 'sharded', or version: 2",
                 )
             )
-        if self.opts.cpu_offload:
+        if self.options.cpu_offload:
             problems.append(
                 (
                     "cpu_offload",
@@ -115,18 +111,18 @@ class Fsdp(Launched[FsdpOptions]):
         """full_shard = ZeRO-3; shard_grad_op = ZeRO-2 (whole weights held through forward and
         backward); no_shard = DDP; hybrid_shard = full_shard within a node, replicated across nodes.
         cpu_offload keeps the sharded weights and the optimizer state in CPU RAM."""
-        sharding = self.opts.sharding
+        sharding = self.options.sharding
         return Sharding(
             weights=sharding in ("full_shard", "hybrid_shard"),
             gradients=sharding != "no_shard",
             optimizer=sharding != "no_shard",
-            over=self.opts.num_processes if sharding == "hybrid_shard" else self.world_size(),
-            optimizer_offloaded=self.opts.cpu_offload,
-            weights_offloaded=self.opts.cpu_offload,
+            over=self.options.num_processes if sharding == "hybrid_shard" else self.world_size(),
+            optimizer_offloaded=self.options.cpu_offload,
+            weights_offloaded=self.options.cpu_offload,
         )
 
     def fsdp_config(self) -> dict[str, object]:
-        opts = self.opts
+        opts = self.options
         config: dict[str, object] = {
             "version": opts.version,
             "cpu_offload": opts.cpu_offload,

@@ -35,16 +35,12 @@ class Launched(Distributed[LaunchOptionsT]):
 
     Options = LaunchOptions
 
-    @property
-    def launch(self) -> LaunchOptions:
-        return self.options
-
     def processes_per_node(self) -> int:
-        return self.launch.num_processes
+        return self.options.num_processes
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
-        bad_rank = node_rank_problem(self.launch)
+        bad_rank = node_rank_problem(self.options)
         if bad_rank:
             problems.append(("node_rank", bad_rank))
         for key, backend in (("deepspeed", "deepspeed"), ("fsdp", "fsdp")):
@@ -56,10 +52,10 @@ class Launched(Distributed[LaunchOptionsT]):
         return problems
 
     def world_size(self) -> int:
-        return self.launch.num_processes * self.launch.nnodes
+        return self.options.num_processes * self.options.nnodes
 
     def launcher_args(self) -> list[str]:
-        launch = self.launch
+        launch = self.options
         args = [f"--nproc_per_node={launch.num_processes}"]
         if launch.nnodes == 1:
             return [*args, "--standalone"]
