@@ -194,9 +194,9 @@ def _clock() -> tuple[float, float]:
 def child_ours(spec: Spec) -> dict[str, Any]:
     import datasets  # noqa: F401  (imported by both sides before the clock)
 
-    from trainer.build import load_tokenizer
-    from trainer.config.validate import load_config
     from trainer.data.pipeline import build_datasets
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import load_tokenizer
 
     resolved = load_config(spec.config)
     tokenizer = load_tokenizer(resolved.config)

@@ -499,8 +499,8 @@ def isolation_child(specs: dict[str, Spec], batches: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from trainer.build import build_trainer
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import build_trainer
 
     out: dict[str, Any] = {}
     for label, spec in specs.items():

@@ -179,8 +179,8 @@ def run_api(
 ) -> Any:
     """Write `config` to tmp/name, validate and train it through the Python API without the
     start/end report; returns the `Built` run."""
-    from trainer.config.validate import load_config
-    from trainer.run import train
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.run import train
 
     return train(load_config(str(write_yaml(tmp / name, config)), overrides), log=lambda *_: None)
 

@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
-from trainer.build import build_trainer  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
-from trainer.outputs import save_final  # noqa: E402
+from trainer.outputs.output_dir import save_final  # noqa: E402
+from trainer.resolve.validate import load_config  # noqa: E402
+from trainer.runtime.build import build_trainer  # noqa: E402
 
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -30,7 +30,7 @@ def config_for(model: Path, data: Path, out: Path, **overrides: Any) -> dict[str
 
 
 def build_train_save(tmp: Path, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Build the run, snapshot its parameters, train and save like `trainer.run.train`."""
+    """Build the run, snapshot its parameters, train and save like `trainer.runtime.run.train`."""
     built = build_trainer(load_config(str(write_yaml(tmp / "cfg.yml", config))))
     model = built.trainer.model
     before = {k: v.detach().clone() for k, v in model.named_parameters()}

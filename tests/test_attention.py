@@ -14,8 +14,8 @@ from tests.conftest import REPO, run_command, toy_config, write_yaml
 from trainer.api import Attention, Contribution
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import TrainConfig
-from trainer.config.validate import load_config
-from trainer.registry import Entry, Registry, default_registry
+from trainer.resolve.registry import Entry, Registry, default_registry
+from trainer.resolve.validate import load_config
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:

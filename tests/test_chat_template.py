@@ -19,8 +19,8 @@ from plugins.formatters.chat_template import ChatTemplate, ShareGPT, jinja_synta
 from plugins.formatters.chat_templates import BUILTIN_TEMPLATES, CHATML
 from trainer.api import RowError
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import load_config
 from trainer.data.encode import IGNORE, Encoded, SegmentEncoder
+from trainer.resolve.validate import load_config
 
 MARKERS = [
     "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import run_command
 from trainer.config.errors import ConfigErrors
-from trainer.outputs import RESOLVED_NAME, check_output_dir
+from trainer.outputs.output_dir import RESOLVED_NAME, check_output_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

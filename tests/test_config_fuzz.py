@@ -664,7 +664,7 @@ def base_text(tiny_model: Path, toy_data: Path, tmp_path: Path) -> str:
 def problems_of(path: Path, *overrides: str) -> list[str]:
     """The rendered problems `validate` reports for a config file (it must report some)."""
     from trainer.config.errors import ConfigErrors
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
 
     with pytest.raises(ConfigErrors) as caught:
         load_config(str(path), list(overrides))
@@ -730,7 +730,7 @@ def test_a_value_its_tag_cannot_read_is_a_yaml_error(
 
 
 def test_merge_keys_work_as_in_safe_load(tmp_path: Path, tiny_model: Path, toy_data: Path) -> None:
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
 
     text = (
         f"base_model: {tiny_model}\n"
@@ -917,7 +917,7 @@ def test_deepspeed_config_file_problems_say_what_is_wrong(
 
 def test_a_config_path_open_refuses_is_a_config_error() -> None:
     from trainer.config.errors import ConfigErrors
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
 
     with pytest.raises(ConfigErrors, match="cannot read config: embedded null byte"):
         load_config("a\x00b.yml")

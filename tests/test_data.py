@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_command
-from trainer.config.validate import Resolved, load_config
 from trainer.data.encode import IGNORE, SegmentEncoder, fit
 from trainer.data.pipeline import Prepared, build_datasets, fingerprint
 from trainer.data.readers import DataError
-from trainer.outputs import RESOLVED_NAME
+from trainer.outputs.output_dir import RESOLVED_NAME
+from trainer.resolve.validate import Resolved, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 BOS, EOS = 1, 2
@@ -53,8 +53,8 @@ def eos_pad_tokenizer(tiny_model: Path) -> Any:
     """As the trainer loads it: no pad token of its own, so EOS doubles as pad."""
     from transformers import AutoTokenizer
 
-    from trainer.build import load_tokenizer
     from trainer.config.schema import TrainConfig
+    from trainer.runtime.build import load_tokenizer
 
     tok = load_tokenizer(
         TrainConfig(

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import Resolved, load_config
 from trainer.data.encode import IGNORE
 from trainer.data.pipeline import build_datasets, fingerprint
 from trainer.data.readers import DataError
+from trainer.resolve.validate import Resolved, load_config
 
 BOS, EOS = 1, 2
 
@@ -26,8 +26,8 @@ def ids(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model: Path) -> Any:
-    from trainer.build import load_tokenizer
     from trainer.config.schema import TrainConfig
+    from trainer.runtime.build import load_tokenizer
 
     spec = {"path": "x", "type": "completion"}
     return load_tokenizer(TrainConfig(base_model=str(tiny_model), datasets=[spec], output_dir="o"))

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import Resolved, load_config
 from trainer.data.pipeline import Prepared, build_datasets
 from trainer.data.readers import DataError
+from trainer.resolve.validate import Resolved, load_config
 
 BOS, EOS = 1, 2
 

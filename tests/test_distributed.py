@@ -286,7 +286,7 @@ def test_backend_equals_one_process_saves_whole_and_resumes(
     )
     cfg = write_yaml(tmp_path / "cfg.yml", config)
     done = train(cfg, cwd=tmp_path)
-    assert "trainer.launcher --nproc_per_node=2" in done.stdout  # it started them itself
+    assert "trainer.runtime.launcher --nproc_per_node=2" in done.stdout  # it started them itself
     assert "data prepared once for every process" in done.stdout  # before the processes started
     assert done.stdout.count("reused the prepared dataset") == 1  # printed by the main process
     assert f"parallel: {name} on 2 process(es); process 0 holds {held} of the weights" in done.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import toy_config, write_yaml
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import load_config
+from trainer.resolve.validate import load_config
 
 GALORE = {"type": "galore", "target_modules": ["mlp"]}
 LORA_8BIT = {"type": "lora", "load_in_8bit": True}
@@ -105,7 +105,7 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path, tin
 
 
 def test_one_process_per_gpu():
-    from trainer.run import too_many_processes
+    from trainer.runtime.run import too_many_processes
 
     assert "4 processes per node but this machine has 2 GPU(s)" in str(too_many_processes(4, 2))
     assert too_many_processes(2, 2) is None
@@ -115,7 +115,7 @@ def test_one_process_per_gpu():
 def test_fsdp1_with_an_adapter_is_refused_at_start_on_cpu(tmp_path, tiny_model, toy_data):
     import torch
 
-    from trainer.run import check_machine
+    from trainer.runtime.run import check_machine
 
     if torch.cuda.is_available():
         pytest.skip("the rule is for CPU-only machines")
@@ -152,7 +152,7 @@ def test_fsdp_options_that_need_a_gpu_are_refused_at_start_on_cpu(
     checkpoint (process 0 dies of SIGSEGV on CPU): refused before any process starts."""
     import torch
 
-    from trainer.run import check_machine
+    from trainer.runtime.run import check_machine
 
     if torch.cuda.is_available():
         pytest.skip("the rule is for CPU-only machines")
@@ -213,7 +213,7 @@ def test_launch_keys_from_the_environment(tmp_path, tiny_model, toy_data):
 
 
 def test_a_multi_process_backend_with_one_process_still_launches(tmp_path, tiny_model, toy_data):
-    from trainer.run import wants_relaunch
+    from trainer.runtime.run import wants_relaunch
 
     one = resolved_config(tmp_path, tiny_model, toy_data, distributed={"type": "ddp", "num_processes": 1})
     assert wants_relaunch(one)
@@ -223,7 +223,7 @@ def test_a_multi_process_backend_with_one_process_still_launches(tmp_path, tiny_
 def test_failed_processes_are_named_the_killed_one_first_the_launchers_stop_last():
     """What the train command says when processes die: a process killed by a signal (the likely cause)
     first, error exits next (usually a peer that lost it), the launcher's own SIGTERM stops last."""
-    from trainer.launcher import describe_failures
+    from trainer.runtime.launcher import describe_failures
 
     failures = [
         {"rank": 0, "pid": 100, "exitcode": -15, "signal": "SIGTERM"},

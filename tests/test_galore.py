@@ -20,10 +20,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("galore_torch")
 
 from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
-from trainer.build import plan  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
-from trainer.run import train  # noqa: E402
+from trainer.resolve.validate import load_config  # noqa: E402
+from trainer.runtime.build import plan  # noqa: E402
+from trainer.runtime.run import train  # noqa: E402
 
 RANK = 8
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")

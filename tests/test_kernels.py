@@ -21,7 +21,7 @@ import pytest
 from plugins.kernels.liger import Liger, LigerOptions
 from tests.conftest import REPO, run_command, toy_config, write_yaml
 from trainer.config.schema import TrainConfig
-from trainer.registry import Registry, default_registry
+from trainer.resolve.registry import Registry, default_registry
 
 LIGER_INSTALLED = importlib.util.find_spec("liger_kernel") is not None
 
@@ -133,8 +133,8 @@ def test_cross_entropy_and_fused_linear_cross_entropy_exclude_each_other(
 def test_contribution_is_exact_and_sftconfig_takes_it(
     tiny_model: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer.build import plan
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import plan
 
     # this machine may lack the GPU or the package: the run is only planned, never trained
     monkeypatch.setattr(Liger, "missing_requirements", lambda self: [])
@@ -273,8 +273,8 @@ def test_schema_offers_liger_in_kernels() -> None:
 
 TRAIN = """
 import json, sys
-from trainer.config.validate import load_config
-from trainer.run import train
+from trainer.resolve.validate import load_config
+from trainer.runtime.run import train
 
 built = train(load_config(sys.argv[1]), log=lambda *_: None)
 norms = [m._get_name() for m in built.trainer.model.modules() if type(m).__name__.endswith("RMSNorm")]

@@ -56,8 +56,8 @@ def stopped_at(reference_out: Path, step: int, into: Path) -> None:
 
 
 def train_logged(config_path: Path, overrides: list[str]) -> tuple[Any, list[str]]:
-    from trainer.config.validate import load_config
-    from trainer.run import train
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.run import train
 
     lines: list[str] = []
     built = train(load_config(str(config_path), overrides), log=lines.append)
@@ -126,9 +126,9 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny_model, toy_dat
 
 
 def test_resume_path_and_config_errors(tiny_model, toy_data, tmp_path):
-    from trainer.checkpoints import problem_with
     from trainer.config.errors import ConfigErrors
-    from trainer.config.validate import load_config
+    from trainer.outputs.checkpoints import problem_with
+    from trainer.resolve.validate import load_config
 
     def errors(**keys: Any) -> str:
         config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", **keys)
@@ -245,7 +245,7 @@ def test_a_stop_signal_checkpoints_at_the_step_and_resume_completes(tiny_model, 
 
 
 def test_signal_catcher_asks_then_a_second_ctrl_c_quits():
-    from trainer.stops import SignalCatcher
+    from trainer.training.stops import SignalCatcher
 
     catcher = SignalCatcher()
     catcher.install()
@@ -278,7 +278,7 @@ def test_save_total_limit_keeps_best_and_newest(tiny_model, toy_data, tmp_path):
 
 def poison_from(step: int, factor: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """From optimizer step `step` on, every loss is multiplied by `factor` (nan poisons the weights)."""
-    from trainer.sft import SFTTrainer
+    from trainer.training.sft import SFTTrainer
 
     original = SFTTrainer.compute_loss
 
@@ -294,7 +294,7 @@ def poison_from(step: int, factor: float, monkeypatch: pytest.MonkeyPatch) -> No
 def test_loss_watchdog_stops_on_nan_and_keeps_the_last_good_checkpoint(
     tiny_model, toy_data, tmp_path, monkeypatch
 ):
-    from trainer.stops import RunStopped
+    from trainer.training.stops import RunStopped
 
     poison_from(5, math.nan, monkeypatch)
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""trainer.memory: the per-device memory estimate that `validate` prints.
+"""trainer.resolve.memory: the per-device memory estimate that `validate` prints.
 
 Byte counts per parameter are unit-tested against the seed's numbers (18 bytes for mixed-precision
 AdamW); weights + gradients + optimizer states are checked within 10% of the real tensors after one
@@ -17,14 +17,9 @@ import pytest
 
 from tests.conftest import write_yaml
 from trainer.cli.validate import summary
-from trainer.config.validate import load_config
-from trainer.memory import (
-    Unavailable,
-    estimate,
-    find_shapes,
-    llama_like_tensors,
-    read_safetensors_header,
-)
+from trainer.api.base_model import Unavailable, find_shapes, llama_like_tensors, read_safetensors_header
+from trainer.resolve.memory import estimate
+from trainer.resolve.validate import load_config
 
 LLAMA = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512,
@@ -291,7 +286,7 @@ def measured_after_one_step(tmp: Path, resolved: Any) -> float:
     torch = pytest.importorskip("torch")
     from transformers import TrainerCallback
 
-    from trainer.build import build_trainer
+    from trainer.runtime.build import build_trainer
 
     seen: dict[str, float] = {}
 

@@ -288,12 +288,12 @@ def test_bfloat16_merge_and_no_half_written_output(
     assert max_diff(logits(merged, tokenizer), logits(reference, tokenizer)) < 0.1
 
     # A failure at the last moment leaves neither --out nor the staging folder behind.
-    import trainer.merge
+    import trainer.tools.merge
 
     def fail(*_: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(trainer.merge.os, "rename", fail)
+    monkeypatch.setattr(trainer.tools.merge.os, "rename", fail)
     failed = tmp_path / "failed"
     with pytest.raises(OSError, match="disk full"):
         merge_main([str(lora_run), "--out", str(failed), "--no-smoke-test"])

@@ -1,6 +1,6 @@
 """`optimizer:` beyond the name check: a missing library is a validate-time error naming what to
 install, and the common optimizers really step on CPU. Also the start-time precision checks
-(trainer.precision): what bf16, fp16 and tf32 do on a machine without a GPU.
+(trainer.resolve.precision): what bf16, fp16 and tf32 do on a machine without a GPU.
 
 Measured on CPU (torch 2.13 CPU build, transformers 5.23, accelerate 1.15, bitsandbytes 0.50.2):
 adamw_torch, adamw_torch_fused (torch's fused CPU kernel), adafactor, sgd, adamw_8bit,
@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import run_api, run_command, toy_config, write_yaml
 from trainer.config.errors import ConfigErrors
 from trainer.config.schema import OPTIMIZERS
-from trainer.config.validate import load_config, optimizer_requirements
+from trainer.resolve.validate import load_config, optimizer_requirements
 
 
 def config_for(model: Path, data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_fp16_and_tf32_on_cpu_exit_2_with_the_config_line(one_thread, tiny_model, toy_data, tmp_path) -> None:
-    from trainer.precision import accelerator_type
+    from trainer.resolve.precision import accelerator_type
 
     if accelerator_type() is not None:
         pytest.skip("documents a machine without a GPU")
@@ -198,7 +198,7 @@ def test_fp16_and_tf32_on_cpu_exit_2_with_the_config_line(one_thread, tiny_model
 
 def test_bf16_on_cpu_trains_under_cpu_autocast(one_thread, tiny_model, toy_data, tmp_path) -> None:
     torch = one_thread
-    from trainer.precision import accelerator_type
+    from trainer.resolve.precision import accelerator_type
 
     if accelerator_type() is not None:
         pytest.skip("documents a machine without a GPU")
@@ -243,7 +243,7 @@ def test_precision_rules_on_cuda(
     major, bf16_ok, one_thread, monkeypatch, tiny_model, toy_data, tmp_path
 ) -> None:
     torch = one_thread
-    from trainer.precision import check_optimizer_device, check_precision
+    from trainer.resolve.precision import check_optimizer_device, check_precision
 
     monkeypatch.setattr(torch, "cuda", FakeCuda(major, bf16_ok))
     monkeypatch.setattr(torch.version, "cuda", "12.4")

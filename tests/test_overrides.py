@@ -1,5 +1,5 @@
 """Command-line overrides: key parsing, applying them to the YAML data, and validation like file
-values (trainer.config.overrides, through trainer.config.validate.load_config)."""
+values (trainer.config.overrides, through trainer.resolve.validate.load_config)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from trainer.config.errors import ConfigErrors
 from trainer.config.overrides import apply_overrides, parse_key
-from trainer.config.validate import load_config
+from trainer.resolve.validate import load_config
 
 
 @pytest.mark.parametrize(

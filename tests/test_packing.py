@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
-from trainer.build import collated_datasets, packed_inputs_for  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
 from trainer.data.collate import Collator  # noqa: E402
 from trainer.data.packing import PackedDataset, PackingPlan  # noqa: E402
+from trainer.resolve.validate import load_config  # noqa: E402
+from trainer.runtime.build import collated_datasets, packed_inputs_for  # noqa: E402
 
 ISOLATION_ATOL = 1e-4
 
@@ -352,8 +352,8 @@ def test_packed_dataset_rows_hold_the_examples_of_the_plan(tiny_model, toy_data,
         tiny_model, toy_data / "train.jsonl", tmp_path / "o", sequence_len=200, sample_packing=True
     )
     resolved = load_config(str(write_yaml(tmp_path / "c.yml", config)))
-    from trainer.build import load_tokenizer
     from trainer.data.pipeline import build_datasets
+    from trainer.runtime.build import load_tokenizer
 
     tokenizer = load_tokenizer(resolved.config)
     data = build_datasets(resolved, tokenizer)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.paths import looks_local
+from trainer.config.paths import looks_local
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from tests.conftest import logits_of, run_api, toy_config  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
+from trainer.resolve.validate import load_config  # noqa: E402
 
 R = 8
 

@@ -1,5 +1,5 @@
 """The plugin registry with fresh `Registry()` objects (no global state), discovery of the
-built-ins, the `plugins` command, and contribution conflicts in `trainer.build.merge`."""
+built-ins, the `plugins` command, and contribution conflicts in `trainer.runtime.build.merge`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import run_command
 from trainer.api import Contribution
-from trainer.build import merge
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import load_config
-from trainer.registry import Entry, PluginError, Registry
+from trainer.resolve.registry import Entry, PluginError, Registry
+from trainer.resolve.validate import load_config
+from trainer.runtime.build import merge
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +158,7 @@ def test_broken_plugin_is_reported_and_does_not_break_other_runs(
 def test_discover_finds_builtins_without_importing_them() -> None:
     result = run_python(
         "import json, sys\n"
-        "from trainer.registry import Registry\n"
+        "from trainer.resolve.registry import Registry\n"
         "registry = Registry.discover()\n"
         "entries = [[e.kind, e.name, e.target, e.distribution] for e in registry.all_entries()]\n"
         "print(json.dumps({'entries': entries,"

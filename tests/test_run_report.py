@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
-from trainer.run_report import CURVES_NAME, NO_EVAL, diagnose  # noqa: E402
+from trainer.outputs.run_report import CURVES_NAME, NO_EVAL, diagnose  # noqa: E402
 
 
 def history(train: list[float], evals: dict[int, float]) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def test_no_eval_loss_or_only_one():
 def test_progress_bar_shows_real_tokens_per_second(capsys):
     from transformers import TrainerControl, TrainerState
 
-    from trainer.progress import TokenProgress
+    from trainer.training.progress import TokenProgress
 
     state, control = TrainerState(max_steps=10), TrainerControl()
     progress = TokenProgress()
@@ -110,8 +110,8 @@ def assert_png(path: Path) -> None:
 def overfit_run(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """8 training rows, 20 steps at a high learning rate, evaluated every 4 steps on 16 other rows;
     reported to tensorboard. Returns (built, output_dir, the lines the run printed)."""
-    from trainer.config.validate import load_config
-    from trainer.run import train
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.run import train
 
     tmp = tmp_path_factory.mktemp("overfit")
     config = toy_config(
@@ -148,7 +148,7 @@ def test_overfitting_run_is_diagnosed_and_plotted(overfit_run):
 def test_the_run_shows_the_token_progress_bar(overfit_run):
     from transformers.trainer_callback import ProgressCallback
 
-    from trainer.progress import TokenProgress
+    from trainer.training.progress import TokenProgress
 
     kinds = [type(callback) for callback in overfit_run[0].trainer.callback_handler.callbacks]
     assert TokenProgress in kinds and ProgressCallback not in kinds
@@ -245,9 +245,9 @@ def test_underfitting_run(tiny_model, toy_data, tmp_path):
 
 
 def test_run_name_key(tiny_model, toy_data, tmp_path):
-    from trainer.build import plan
     from trainer.config.errors import ConfigErrors
-    from trainer.config.validate import load_config
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import plan
 
     config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", run_name="mine")
     _, args = plan(load_config(str(write_yaml(tmp_path / "cfg.yml", config))))

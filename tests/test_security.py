@@ -82,8 +82,8 @@ def test_trust_remote_code_is_set_only_by_its_own_key(tmp_path: Path, base_text:
 
 def test_a_plugin_cannot_turn_trust_remote_code_on() -> None:
     from trainer.api import Contribution
-    from trainer.build import check_remote_code, merge
     from trainer.config.errors import ConfigErrors
+    from trainer.runtime.build import check_remote_code, merge
 
     owner = "adapter plugin 'sneaky' (sneaky-dist)"
     merged = merge([(owner, Contribution(model_kwargs={"trust_remote_code": True}))])
@@ -96,8 +96,8 @@ def test_a_plugin_cannot_turn_trust_remote_code_on() -> None:
 def test_the_train_time_warning_is_printed_once_and_on_the_main_process_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer import build
-    from trainer.launcher import CHECKED_ENV
+    from trainer.runtime import build
+    from trainer.runtime.launcher import CHECKED_ENV
 
     on = config_of(tmp_path / "m", trust_remote_code=True, tokenizer=str(tmp_path / "t"))
     text = build.remote_code_warning(on)
@@ -122,7 +122,7 @@ def test_the_train_time_warning_is_printed_once_and_on_the_main_process_only(
 def test_the_model_and_tokenizer_loaders_warn_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer import build
+    from trainer.runtime import build
 
     monkeypatch.delenv("RANK", raising=False)
     (tmp_path / "empty").mkdir()  # no model here: loading fails right after the warning
@@ -136,7 +136,7 @@ def test_the_model_and_tokenizer_loaders_warn_before_loading(
 
 def test_a_checkpoint_with_its_own_code_is_refused_without_trust_remote_code(tmp_path: Path) -> None:
     """transformers refuses (rather than asks, or runs it) because `trust_remote_code=False` is passed."""
-    from trainer import build
+    from trainer.runtime import build
 
     model = tmp_path / "custom"
     model.mkdir()
@@ -245,7 +245,7 @@ def test_an_import_path_as_plugin_type_is_refused_and_never_imported(
 def test_trainer_args_cannot_turn_safetensors_off(tmp_path: Path, base_text: str) -> None:
     """transformers 5 always saves weights as safetensors: `save_safetensors` is no SFTConfig field,
     so trainer_args naming it is an error like any other unknown field."""
-    from trainer.config.validate import sft_config_fields
+    from trainer.resolve.validate import sft_config_fields
 
     assert "save_safetensors" not in sft_config_fields()
     code, out = validate(write(tmp_path, base_text + "trainer_args: {save_safetensors: false}\n"))
@@ -367,7 +367,7 @@ def test_the_scan_finds_what_it_forbids() -> None:
 
 def test_the_repo_source_has_no_unsafe_loading_or_code_execution() -> None:
     files = source_files()
-    assert len(files) > 50 and REPO / "trainer" / "build.py" in files
+    assert len(files) > 50 and REPO / "trainer" / "runtime" / "build.py" in files
     found = {
         str(path.relative_to(REPO)): hits
         for path in files

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config.schema import TrainConfig
-from trainer.registry import Entry, Registry
+from trainer.resolve.registry import Entry, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "examples" / "plugin-package"

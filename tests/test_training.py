@@ -20,9 +20,9 @@ import yaml
 torch = pytest.importorskip("torch")
 
 from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
-from trainer.build import build_trainer  # noqa: E402
-from trainer.config.validate import load_config  # noqa: E402
-from trainer.run import train  # noqa: E402
+from trainer.resolve.validate import load_config  # noqa: E402
+from trainer.runtime.build import build_trainer  # noqa: E402
+from trainer.runtime.run import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 300

@@ -13,8 +13,16 @@ from typing import Any
 
 from pydantic import Field
 
-from trainer.api import Adapter, Options
-from trainer.config.schema import TrainConfig
+from trainer.api import (
+    Adapter,
+    BaseModelInfo,
+    ConfigErrors,
+    Options,
+    Problem,
+    TrainConfig,
+    Training,
+    full_training,
+)
 
 
 class FullOptions(Options):
@@ -30,15 +38,21 @@ class Full(Adapter[FullOptions]):
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
-        for i, pattern in enumerate(self.options.unfrozen_parameters or []):  # type: ignore[attr-defined]
+        for i, pattern in enumerate(self.options.unfrozen_parameters or []):
             try:
                 re.compile(pattern)
             except re.error as err:
                 problems.append(("unfrozen_parameters", f"item {i} {pattern!r} is not a valid regex: {err}"))
         return problems
 
+    def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
+        patterns = [re.compile(p) for p in self.options.unfrozen_parameters or []]
+        if not patterns:
+            return full_training(base)
+        return full_training(base, lambda name: any(p.search(name) for p in patterns))
+
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
-        patterns = [re.compile(p) for p in self.options.unfrozen_parameters or []]  # type: ignore[attr-defined]
+        patterns = [re.compile(p) for p in self.options.unfrozen_parameters or []]
         if not patterns:
             return model
         matched = 0
@@ -47,8 +61,6 @@ class Full(Adapter[FullOptions]):
             param.requires_grad_(train)
             matched += train
         if not matched:
-            from trainer.config.errors import ConfigErrors, Problem
-
             names = [name for name, _ in model.named_parameters()][:8]
             raise ConfigErrors(
                 [

@@ -25,12 +25,23 @@ the `optimizer` key, so this plugin declares no `requires` of its own (one messa
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
 
-from trainer.api import Adapter, Contribution, Options
-from trainer.config.schema import OPTIMIZERS, TrainConfig
+from trainer.api import (
+    OPTIMIZERS,
+    Adapter,
+    BaseModelInfo,
+    ConfigErrors,
+    Contribution,
+    Options,
+    Problem,
+    TrainConfig,
+    Training,
+    full_training,
+)
 
 GALORE_OPTIMIZERS = tuple(name for name in OPTIMIZERS if name.startswith("galore_"))
 BROKEN = ("galore_adafactor_layerwise",)
@@ -55,6 +66,22 @@ class GaLoreOptions(Options):
 
 class GaLore(Adapter[GaLoreOptions]):
     name = "galore"
+    sets_optim_target_modules = True
+
+    def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
+        """Full training, the targeted matrices' optimizer state on rank-`rank` projections."""
+        targets = self.options.target_modules
+        linears = base.linear_layers()
+        if isinstance(targets, str):
+            chosen = set(linears)
+        else:
+            chosen = {m for m in linears if any(_transformers_selects(t, m) for t in targets)}
+        training = full_training(base)
+        training.trainable = [
+            replace(t, projected_rank=self.options.rank) if t.name.removesuffix(".weight") in chosen else t
+            for t in training.trainable
+        ]
+        return training
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         problems: list[str | tuple[str, str]] = []
@@ -79,7 +106,8 @@ class GaLore(Adapter[GaLoreOptions]):
                     f"gradients: set gradient_accumulation_steps to 1 (it is "
                     f"{config.gradient_accumulation_steps}), or use '{optimizer.removesuffix('_layerwise')}'"
                 )
-            if _distributed_name(config.distributed) not in ("none", "single"):
+            distributed = config.plugin("distributed")
+            if distributed is not None and distributed.world_size() > 1:
                 problems.append(
                     f"optimizer '{optimizer}' does not support multi-process (DDP) training in "
                     f"transformers; use '{optimizer.removesuffix('_layerwise')}' or distributed: none"
@@ -107,8 +135,6 @@ class GaLore(Adapter[GaLoreOptions]):
         targets = self.options.target_modules
         linear = targeted_linears(model, targets)
         if not linear:
-            from trainer.config.errors import ConfigErrors, Problem
-
             names = sorted({name.rsplit(".", 1)[-1] for name in _linear_names(model)})
             raise ConfigErrors(
                 [
@@ -120,6 +146,14 @@ class GaLore(Adapter[GaLoreOptions]):
                 ]
             )
         return model
+
+
+def _transformers_selects(target: str, module: str) -> bool:
+    """transformers' optim_target_modules rule for one entry: a substring or a full-match regex."""
+    try:
+        return target in module or re.fullmatch(target, module) is not None
+    except re.error:
+        return False
 
 
 def targeted_linears(model: Any, targets: str | list[str]) -> list[str]:
@@ -135,11 +169,3 @@ def _linear_names(model: Any) -> list[str]:
     from torch import nn
 
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-
-
-def _distributed_name(block: Any) -> str:
-    if isinstance(block, str):
-        return block
-    if isinstance(block, dict) and isinstance(block.get("type"), str):
-        return str(block["type"])
-    return "none"

@@ -21,13 +21,22 @@ Reload with the saved tokenizer: `base.resize_token_embeddings(len(tokenizer))`,
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from trainer.api import Adapter, Contribution, Options, describe_base_model
-from trainer.config.schema import TrainConfig
+from trainer.api import (
+    Adapter,
+    BaseModelInfo,
+    Contribution,
+    Options,
+    TrainConfig,
+    TrainedTensor,
+    Training,
+    describe_base_model,
+)
 
 ALL_LINEAR = "all-linear"
 
@@ -70,6 +79,17 @@ class LoraOptions(Options):
     )
 
 
+def targeted_linears(targets: list[str] | str, base: BaseModelInfo) -> dict[str, tuple[int, int]]:
+    """The linear layers (name -> (in, out)) target_modules selects, by PEFT's rules: 'all-linear'
+    (every linear but the output layer), a regex string (fullmatch), or names."""
+    linears = base.linear_layers()
+    if targets == ALL_LINEAR:
+        return linears
+    if isinstance(targets, str):
+        return {m: s for m, s in linears.items() if re.fullmatch(targets, m)}
+    return {m: s for m, s in linears.items() if any(base.selects_module(m, t) for t in targets)}
+
+
 def _is_regex(target: list[str] | str) -> bool:
     return isinstance(target, str) and target != ALL_LINEAR
 
@@ -97,11 +117,6 @@ LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
 class Lora(Adapter[LoraOptionsT]):
     name = "lora"
     Options = LoraOptions
-
-    def __init__(self, options: Options | None = None):
-        super().__init__(options)
-        self._peft_config: Any = None
-        self._new_ids: list[int] = []
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         import importlib.util
@@ -149,7 +164,6 @@ class Lora(Adapter[LoraOptionsT]):
 
         opts = self.options
         target = opts.target_modules if isinstance(opts.target_modules, str) else list(opts.target_modules)
-        self._new_ids = self.new_token_ids(config)
         peft_config = LoraConfig(
             r=opts.r,
             lora_alpha=opts.alpha,  # type: ignore[arg-type]
@@ -163,7 +177,6 @@ class Lora(Adapter[LoraOptionsT]):
             layers_to_transform=list(opts.layers_to_transform) if opts.layers_to_transform else None,
             task_type="CAUSAL_LM",
         )
-        self._peft_config = peft_config
         contribution = Contribution(peft_config=peft_config)
         if opts.load_in_8bit:
             from transformers import BitsAndBytesConfig
@@ -173,13 +186,46 @@ class Lora(Adapter[LoraOptionsT]):
             contribution.callbacks.append(_convert_to_plain_lora_callback())
         return contribution
 
-    def new_token_ids(self, config: TrainConfig) -> list[int]:
-        """Ids of the tokens the config's `tokens` / `special_tokens` add to the tokenizer."""
-        if not config.tokens and not config.special_tokens:
-            return []
-        from trainer.build import load_tokenizer_and_new_ids
+    def quantized_bits(self) -> int | None:
+        return 8 if self.options.load_in_8bit else None
 
-        return load_tokenizer_and_new_ids(config)[1]
+    def base_weight_bytes(self, base: BaseModelInfo, config: TrainConfig) -> float:
+        """The base as loaded: with load_in_8bit each linear weight is 1 byte plus an fp32 scale per
+        row (bitsandbytes LLM.int8), everything else in its own dtype."""
+        if not self.options.load_in_8bit:
+            return float(base.num_params * base.dtype_bytes)
+        linear = {f"{module}.weight" for module in base.linear_layers()}
+        return float(
+            sum(
+                math.prod(shape) + 4 * shape[0] if name in linear else math.prod(shape) * base.dtype_bytes
+                for name, shape in base.tensors.items()
+            )
+        )
+
+    def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
+        """Only the adapters train: r*(in+out) per targeted linear, in fp32 (PEFT upcasts them), plus
+        DoRA's magnitude vector; biases as `bias` says; `modules_to_save` as trainable copies."""
+        opts = self.options
+        targeted = targeted_linears(opts.target_modules, base)
+        trainable: list[TrainedTensor] = []
+        for module, (inp, out) in targeted.items():
+            trainable += [
+                TrainedTensor(f"{module}.lora_A", (opts.r, inp), 4, added=True),
+                TrainedTensor(f"{module}.lora_B", (out, opts.r), 4, added=True),
+            ]
+            if opts.use_dora:
+                trainable.append(TrainedTensor(f"{module}.lora_magnitude", (out,), 4, added=True))
+        saved = list(opts.modules_to_save or [])
+        for name, shape in base.tensors.items():
+            module = name.rsplit(".", 1)[0]
+            if name.endswith(".bias") and (
+                opts.bias == "all" or (opts.bias == "lora_only" and module in targeted)
+            ):
+                trainable.append(TrainedTensor(name, shape, base.dtype_bytes))
+            if any(module == m or module.endswith("." + m) for m in saved):
+                trainable.append(TrainedTensor(name, shape, base.dtype_bytes, added=True))  # a trainable copy
+        notes = [] if targeted else ["no linear layer matches target_modules"]
+        return Training(trainable, self.base_weight_bytes(base, config), notes)
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
         opts = self.options
@@ -189,17 +235,6 @@ class Lora(Adapter[LoraOptionsT]):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=config.gradient_checkpointing
             )
-        peft_config = self._peft_config
-        if self._new_ids and peft_config is not None:
-            # Tokens the config added: the input and output embeddings train in full and are saved
-            # with the adapter (tied ones stay tied). Not PEFT's trainable_token_indices: TRL's fused
-            # LM head reads lm_head.weight directly, which bypasses PEFT's TrainableTokensWrapper.
-            inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
-            names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
-            wanted = [names[inputs]] + ([names[outputs]] if outputs is not None else [])
-            peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *wanted})
-            if outputs is not None and outputs.weight is inputs.weight:
-                peft_config.ensure_weight_tying = True
         return model
 
     def create_optimizer(self, model: Any, args: Any) -> Any:

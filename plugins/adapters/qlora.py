@@ -15,14 +15,13 @@ adapter:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field
 
 from plugins.adapters.lora import Lora, LoraOptions
-from trainer.api import Contribution
-from trainer.config.schema import TrainConfig
-from trainer.config.validate import plugin_name
+from trainer.api import BaseModelInfo, Contribution, TrainConfig
 
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -49,9 +48,14 @@ def resolved_quant_storage(options: QLoraOptions, config: TrainConfig) -> str:
     """The packed weights' dtype: the option when set; under FSDP the compute dtype, else uint8."""
     if options.quant_storage is not None:
         return options.quant_storage
-    if plugin_name(config.distributed) == "fsdp":
+    if _under_fsdp(config):
         return resolved_compute_dtype(options, config)
     return "uint8"
+
+
+def _under_fsdp(config: TrainConfig) -> bool:
+    """FSDP shards flattened weights of one dtype, so the packed 4-bit weights take the compute dtype."""
+    return getattr(config.plugin("distributed"), "name", None) == "fsdp"
 
 
 def resolved_compute_dtype(options: QLoraOptions, config: TrainConfig) -> ComputeDtype:
@@ -90,7 +94,7 @@ class QLora(Lora[QLoraOptions]):
                 ("compute_dtype", f"'{dtype}' needs {need}, but the config sets {now} (or leave it unset)")
             )
         storage = resolved_quant_storage(opts, config)
-        if plugin_name(config.distributed) == "fsdp" and storage != resolved_compute_dtype(opts, config):
+        if _under_fsdp(config) and storage != resolved_compute_dtype(opts, config):
             problems.append(
                 (
                     "quant_storage",
@@ -99,6 +103,24 @@ class QLora(Lora[QLoraOptions]):
                 )
             )
         return problems
+
+    def quantized_bits(self) -> int | None:
+        return 4
+
+    def base_weight_bytes(self, base: BaseModelInfo, config: TrainConfig) -> float:
+        """NF4/FP4 linear weights: 0.5 byte plus one fp32 absmax per 64 weights (0.0625), or with
+        double quantization one 8-bit absmax per 64 plus one fp32 per 64*256 (0.0159); every other
+        weight (norms, embeddings) in fp32, where prepare_model_for_kbit_training puts them."""
+        opts = self.options
+        per_value = 0.5 + (1 / 64 + 4 / (64 * 256) if opts.double_quant else 4 / 64)
+        other = 4
+        linear = {f"{module}.weight" for module in base.linear_layers()}
+        return float(
+            sum(
+                math.prod(shape) * (per_value if name in linear else other)
+                for name, shape in base.tensors.items()
+            )
+        )
 
     def bnb_config(self, config: TrainConfig) -> Any:
         import torch

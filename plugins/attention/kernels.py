@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import ClassVar
 
-from trainer.api import Attention, Contribution
-from trainer.config.schema import TrainConfig
+from trainer.api import Attention, Contribution, TrainConfig
 
 
 class _Kernel(Attention):

@@ -23,8 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
-from trainer.api import Callback, Contribution, Options
-from trainer.config.schema import TrainConfig
+from trainer.api import Callback, Contribution, Options, TrainConfig
 
 
 class GenerationEvalOptions(Options):

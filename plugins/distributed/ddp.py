@@ -16,8 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from plugins.distributed.launch import Launched, LaunchOptions, has_cuda
-from trainer.api import Contribution
-from trainer.config.schema import TrainConfig
+from trainer.api import Contribution, TrainConfig
 
 
 class DdpOptions(LaunchOptions):

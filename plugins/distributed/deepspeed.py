@@ -28,10 +28,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda
-from trainer.api import Contribution, Sharding
-from trainer.config.schema import TrainConfig
-from trainer.optimizers import OPTIMIZERS
+from plugins.distributed.launch import Launched, LaunchOptions, adapter, adapter_name, has_cuda
+from trainer.api import OPTIMIZERS, Contribution, Sharding, TrainConfig
 
 AUTO = "auto"
 CPU_ADAM_KEEPS = ("adamw_torch", "adamw_torch_fused")
@@ -90,8 +88,7 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
             problems.append(("nvme_path", "nvme offload needs nvme_path"))
         if opts.offload_optimizer != "none" and opts.stage == 0:
             problems.append(("offload_optimizer", "needs stage 1, 2 or 3"))
-        name, adapter_options = adapter(config)
-        if name == "galore" or config.optimizer.startswith("galore_"):
+        if adapter_name(config) == "galore" or config.optimizer.startswith("galore_"):
             problems.append(
                 "GaLore cannot run under deepspeed: ZeRO wraps and partitions the optimizer state that "
                 "GaLore's projections work on (use distributed: ddp)"
@@ -104,7 +101,8 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
                     "(use optimizer: adamw_torch, or offload_optimizer: none)",
                 )
             )
-        if opts.stage == 3 and adapter_options.get("load_in_8bit"):
+        chosen_adapter = adapter(config)
+        if opts.stage == 3 and chosen_adapter is not None and chosen_adapter.quantized_bits() == 8:
             problems.append(
                 ("stage", "ZeRO-3 cannot partition an 8-bit (load_in_8bit) base model: use stage 2")
             )

@@ -20,9 +20,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter, has_cuda
-from trainer.api import Contribution, Sharding
-from trainer.config.schema import TrainConfig
+from plugins.distributed.launch import Launched, LaunchOptions, adapter_name, has_cuda
+from trainer.api import Contribution, Sharding, TrainConfig
 
 
 class FsdpOptions(LaunchOptions):
@@ -58,7 +57,7 @@ class Fsdp(Launched[FsdpOptions]):
                     f"'{self.options.sharding}' needs version: 1 (FSDP2 has full_shard and shard_grad_op)",
                 )
             )
-        if adapter(config)[0] == "galore" or config.optimizer.startswith("galore_"):
+        if adapter_name(config) == "galore" or config.optimizer.startswith("galore_"):
             problems.append(
                 "GaLore cannot run under fsdp: its optimizer projects whole weight matrices, which FSDP "
                 "shards across processes (use distributed: ddp)"
@@ -81,7 +80,7 @@ class Fsdp(Launched[FsdpOptions]):
         if has_cuda():
             return []
         problems = []
-        if self.options.version == 1 and adapter(config)[0] not in (None, "full"):
+        if self.options.version == 1 and adapter_name(config) not in (None, "full"):
             problems.append(
                 (
                     "version",

@@ -13,10 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
-from trainer.api import Distributed, Options
-from trainer.config.errors import Problem
-from trainer.config.schema import TrainConfig
-from trainer.config.validate import plugin_name
+from trainer.api import Adapter, ConfigErrors, Distributed, Options, Problem, TrainConfig
 
 
 class LaunchOptions(Options):
@@ -70,8 +67,6 @@ class Launched(Distributed[LaunchOptionsT]):
     def apply_environment(self, environ: Mapping[str, str], given: set[str]) -> list[str]:
         """Take launch keys from `environ` except those in `given` (set on the command line);
         returns one note per key taken. Raises ConfigErrors for a value the options refuse."""
-        from trainer.config.errors import ConfigErrors
-
         updates: dict[str, Any] = {}
         notes = []
         for key, names in ENVIRONMENT.items():
@@ -119,8 +114,12 @@ def has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def adapter(config: TrainConfig) -> tuple[str | None, dict[str, Any]]:
-    """The configured adapter's name and options block (validated separately by the adapter)."""
-    block = config.adapter
-    options = {k: v for k, v in block.items() if k != "type"} if isinstance(block, dict) else {}
-    return plugin_name(block), options
+def adapter(config: TrainConfig) -> Adapter[Any] | None:
+    """The run's adapter plugin (None when it did not resolve)."""
+    chosen = config.plugin("adapter")
+    return chosen if isinstance(chosen, Adapter) else None
+
+
+def adapter_name(config: TrainConfig) -> str | None:
+    chosen = adapter(config)
+    return chosen.name if chosen is not None else None

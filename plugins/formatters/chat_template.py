@@ -40,9 +40,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 
 from plugins.formatters.chat_templates import BUILTIN_TEMPLATES
-from trainer.api import Formatter, Options, RowError, Segment
+from trainer.api import Formatter, Options, RowError, Segment, did_you_mean
 from trainer.api import Options as BaseOptions
-from trainer.config.errors import did_you_mean
 
 TOKENIZER_DEFAULT = "tokenizer_default"
 JINJA = "jinja"
@@ -108,7 +107,6 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
         self._tokenizer: Any = None
         self._template = ""
         self._template_vars: dict[str, Any] = {}
-        self._compiled: Any = None
         self._eot: re.Pattern[str] | None = None
         self.eot_tokens: list[str] = []
 
@@ -183,7 +181,6 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
             tokenizer.chat_template = template  # saved with the tokenizer at the end of training
         self._template = template
         self._template_vars = dict(tokenizer.special_tokens_map)
-        self._compiled = None
         self._compile()
         if opts.eot_tokens is not None:
             eot = list(opts.eot_tokens)
@@ -226,39 +223,21 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
 
     # ---- rendering ------------------------------------------------------------------------------
 
-    def _compile(self) -> Any:
-        try:  # transformers' own compiled-template cache: the environment apply_chat_template uses
-            from transformers.utils.chat_template_utils import _compile_jinja_template
-        except ImportError:  # pragma: no cover - a transformers without it: go through the tokenizer
-            self._compiled = False
-            return False
-        try:
-            self._compiled = _compile_jinja_template(self._template)
-        except Exception as err:
-            raise ValueError(f"the chat template does not compile: {err}") from None
-        return self._compiled
+    def _compile(self) -> None:
+        """Parse the template once, so that one that does not compile fails here, not on a row."""
+        problem = jinja_syntax_error(self._template)
+        if problem is not None:
+            raise ValueError(f"the chat template does not compile: {problem}")
 
     def _render(self, messages: list[dict[str, Any]]) -> str:
-        """Exactly `tokenizer.apply_chat_template(messages, tokenize=False)`, minus its overhead."""
-        compiled = self._compiled if self._compiled is not None else self._compile()
-        if compiled is False:  # pragma: no cover
-            return str(
-                self._tokenizer.apply_chat_template(messages, chat_template=self._template, tokenize=False)
-            )
-        return str(
-            compiled.render(
-                messages=messages,
-                tools=None,
-                documents=None,
-                add_generation_prompt=False,
-                **self._template_vars,
-            )
-        )
+        """Exactly `tokenizer.apply_chat_template(messages, tokenize=False)`, minus its tokenizer
+        overhead: transformers' own renderer, whose compiled template it caches."""
+        from transformers.utils.chat_template_utils import render_jinja_template
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_compiled"] = None  # a compiled Jinja template does not pickle; compiled again on use
-        return state
+        rendered, _ = render_jinja_template(
+            conversations=[messages], chat_template=self._template, **self._template_vars
+        )
+        return str(rendered[0])
 
     # ---- format ---------------------------------------------------------------------------------
 

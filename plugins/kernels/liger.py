@@ -35,8 +35,7 @@ import re
 
 from pydantic import Field
 
-from trainer.api import Contribution, Kernel, Options
-from trainer.config.schema import TrainConfig
+from trainer.api import Contribution, Kernel, Options, TrainConfig
 
 TRL_OWN_FUSED_LM_HEAD = (1, 15)
 """First TRL version whose SFTTrainer refuses `fused_linear_cross_entropy` (its own fused LM head)."""

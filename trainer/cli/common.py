@@ -26,7 +26,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     """Run a command; config and data errors print without a traceback and exit 2, and a reader
     that closes the pipe early (`| head`) ends it quietly with status 141, as the shell's own."""
     from trainer.data.readers import DataError
-    from trainer.stops import RunStopped
+    from trainer.training.stops import RunStopped
 
     try:
         code = main(argv)

@@ -16,7 +16,7 @@ import sys
 import time
 
 from trainer.cli.common import USER_ERROR, run
-from trainer.merge import DTYPES, MergeError, check_out, default_out, inspect_run
+from trainer.tools.merge import DTYPES, MergeError, check_out, default_out, inspect_run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def _merge(args: argparse.Namespace) -> int:
 
     import warnings
 
-    from trainer.merge import merge, smoke_test
+    from trainer.tools.merge import merge, smoke_test
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     result = merge(info, out, args.dtype)

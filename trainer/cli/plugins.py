@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trainer.cli.common import run
-from trainer.registry import default_registry
+from trainer.resolve.registry import default_registry
 
 
 def rows() -> list[tuple[str, str, str, str, str]]:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from trainer.cli.common import config_parser, run
-from trainer.config.validate import load_config
+from trainer.resolve.validate import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # --show may come after the overrides or before
     resolved = load_config(args.config, args.overrides)
 
-    from trainer.build import load_tokenizer
     from trainer.data import show
     from trainer.data.pipeline import REPORT_NAME, build_datasets, prepare_formatters
+    from trainer.runtime.build import load_tokenizer
 
     tokenizer = load_tokenizer(resolved.config)
     if args.show or args.show_only:

@@ -13,7 +13,7 @@ from typing import Any
 
 from trainer.cli.common import run
 from trainer.config.schema import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, DatasetSpec, TrainConfig
-from trainer.registry import PluginError, Registry, default_registry
+from trainer.resolve.registry import PluginError, Registry, default_registry
 
 BUILTIN_DISTRIBUTION = "trainer"
 

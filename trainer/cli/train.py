@@ -10,8 +10,8 @@ import sys
 
 from trainer.cli.common import config_parser, run
 from trainer.config.errors import ConfigErrors
-from trainer.config.validate import load_config
-from trainer.stops import RunStopped
+from trainer.resolve.validate import load_config
+from trainer.training.stops import RunStopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolved = load_config(args.config, args.overrides)
 
-    from trainer import run as runner
+    from trainer.runtime import run as runner
 
     try:
         if runner.wants_relaunch(resolved):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from trainer.cli.common import config_parser, run
 from trainer.config.errors import dotted
-from trainer.config.validate import Resolved, load_config
-from trainer.memory import Unavailable, estimate
+from trainer.resolve.memory import Unavailable, estimate
+from trainer.resolve.validate import Resolved, load_config
 
 
 def summary(resolved: Resolved) -> list[str]:
@@ -21,7 +21,7 @@ def summary(resolved: Resolved) -> list[str]:
 
     lines = [f"config {resolved.source.file}: OK", row("base_model", c.base_model)]
     if c.trust_remote_code:
-        from trainer.build import remote_code_warning
+        from trainer.runtime.build import remote_code_warning
 
         lines.append(str(remote_code_warning(c)))
     for chosen in resolved.plugins():
@@ -57,7 +57,7 @@ def summary(resolved: Resolved) -> list[str]:
 
 
 def memory_lines(resolved: Resolved) -> list[str]:
-    """The memory-per-device estimate (trainer.memory), or why there is none."""
+    """The memory-per-device estimate (trainer.resolve.memory), or why there is none."""
     try:
         found = estimate(resolved)
     except Unavailable as err:

@@ -2,19 +2,23 @@
 
 Every level forbids unknown keys. Plugin blocks (`adapter`, `attention`, `distributed`,
 `callbacks`, `kernels`, and each dataset's formatter options) are kept as plain dicts here and checked
-against the chosen plugin's own `Options` model by `trainer.config.validate`.
+against the chosen plugin's own `Options` model by `trainer.resolve.validate`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from trainer.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
+from trainer.config.kinds import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, PLUGIN_KINDS
+from trainer.config.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
+
+__all__ = ["LIST_PLUGIN_FIELDS", "PLUGIN_FIELDS"]  # re-exported: the kind table's config keys
 
 OPTIMIZERS = tuple(OPTIMIZER_TABLE)
-"""transformers' OptimizerNames values, from trainer/optimizers.py (a test keeps them equal to the enum)."""
+"""transformers' OptimizerNames values, from trainer/config/optimizers.py (a test keeps them equal to
+the enum)."""
 
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -207,15 +211,28 @@ class TrainConfig(Strict):
         description="'auto': continue from the newest complete checkpoint in output_dir (start afresh "
         "when there is none), or a checkpoint directory",
     )
-    # plugins
-    adapter: PluginSpec = Field("full", description="Which weights train: full, lora, ...")
-    attention: PluginSpec = Field("sdpa", description="Attention kernel: eager, sdpa, ...")
-    distributed: PluginSpec = Field("none", description="Processes: none, ddp, ...")
-    callbacks: list[PluginSpec] = Field(default_factory=list, description="Callback plugins")
-    kernels: list[PluginSpec] = Field(
-        default_factory=list,
-        description="Kernel plugins that swap modules or the loss for fused kernels: liger, ...",
-    )
+    _plugins: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def plugin(self, key: str) -> Any:
+        """The plugin instance chosen for a plugin key (`config.plugin("distributed")`, a list for
+        `callbacks`/`kernels`), with its typed options: what a plugin's `check()` reads for rules
+        across plugins. Set by validation before any `check()` runs; None when not resolved."""
+        return self._plugins.get(key)
+
+    def bind_plugins(self, chosen: dict[str, Any]) -> None:
+        """Record the chosen plugin instances by key (trainer.resolve.validate calls this)."""
+        self._plugins = dict(chosen)
+
+    # plugins: one key per row of trainer.config.kinds.PLUGIN_KINDS
+    for _kind in PLUGIN_KINDS:
+        if _kind.key is not None:
+            __annotations__[_kind.key] = "list[PluginSpec]" if _kind.many else "PluginSpec"
+            locals()[_kind.key] = (
+                Field(default_factory=list, description=_kind.description)
+                if _kind.many
+                else Field(_kind.default, description=_kind.description)
+            )
+    del _kind
     # escape hatch
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.SFTConfig field, checked against SFTConfig"
@@ -227,9 +244,3 @@ RENAMED = {
     "auto_resume_from_checkpoints": "resume: auto",
 }
 """Keys other tools use (Axolotl, TRL) and what this tool calls them: named in the unknown-key error."""
-
-PLUGIN_FIELDS = {"adapter": "adapters", "attention": "attention", "distributed": "distributed"}
-"""Single-block plugin keys of TrainConfig and their plugin kind."""
-
-LIST_PLUGIN_FIELDS = {"callbacks": "callbacks", "kernels": "kernels"}
-"""Plugin-list keys of TrainConfig (any number of blocks each) and their plugin kind."""

@@ -17,8 +17,7 @@ import os
 
 from pydantic import Field
 
-from trainer.api import Callback, Contribution, Options
-from trainer.config.schema import TrainConfig
+from trainer.api import Callback, Contribution, Options, TrainConfig
 
 DEFAULT_NAME = "loss_log.jsonl"
 

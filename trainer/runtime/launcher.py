@@ -1,4 +1,4 @@
-"""`python -m trainer.launcher TORCHRUN_ARGS...`: torchrun as the train command runs it, which also
+"""`python -m trainer.runtime.launcher TORCHRUN_ARGS...`: torchrun as the train command runs it, which also
 writes down which process failed and how.
 
 It runs torchrun's own `run()`. When a process dies (killed by a signal, such as SIGKILL from the

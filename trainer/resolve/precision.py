@@ -1,7 +1,7 @@
 """Start-time checks of the config against this machine: precision flags and device-bound optimizers.
 
 Validation never imports torch, so what depends on the hardware is checked here, when a run starts
-(`trainer.run.train`, before anything is built). Each problem points at the config key to change, so
+(`trainer.runtime.run.train`, before anything is built). Each problem points at the config key to change, so
 the CLI prints it with its file:line and exits 2 — instead of transformers' ValueError surfacing as
 "trainer_args: rejected by SFTConfig", or, for fp16 on CPU, nothing at all: accelerate enables fp16
 autocast only on an accelerator and a CPU run silently trains in fp32.
@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from trainer.config.errors import Problem
+from trainer.config.optimizers import OPTIMIZERS
 from trainer.config.schema import TrainConfig
-from trainer.optimizers import OPTIMIZERS
 
 
 def accelerator_type() -> str | None:

@@ -14,14 +14,20 @@ import sys
 import tempfile
 from typing import Any
 
-from trainer import parallel
-from trainer.build import Built, build_trainer, plan
-from trainer.checkpoints import newest_complete, resume_point
 from trainer.config.errors import ConfigErrors, Problem
-from trainer.config.validate import Resolved
-from trainer.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
-from trainer.outputs import RESOLVED_NAME, check_output_dir, clear_previous_run, save_final, write_resolved
-from trainer.stops import RunStopped
+from trainer.outputs.checkpoints import newest_complete, resume_point
+from trainer.outputs.output_dir import (
+    RESOLVED_NAME,
+    check_output_dir,
+    clear_previous_run,
+    save_final,
+    write_resolved,
+)
+from trainer.resolve.validate import Resolved
+from trainer.runtime.build import Built, build_trainer, plan
+from trainer.runtime.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
+from trainer.training import parallel
+from trainer.training.stops import RunStopped
 
 
 def launched() -> bool:
@@ -31,9 +37,9 @@ def launched() -> bool:
 
 def check_machine(resolved: Resolved) -> None:
     """Raise ConfigErrors (with file:line) for settings this machine cannot run: bf16/fp16/tf32 and
-    CUDA-only optimizers (see trainer.precision), more processes than GPUs, and the distributed
+    CUDA-only optimizers (see trainer.resolve.precision), more processes than GPUs, and the distributed
     plugin's own machine checks."""
-    from trainer.precision import check_start
+    from trainer.resolve.precision import check_start
 
     chosen = resolved.distributed
     problems = [*check_start(resolved.config), *check_processes(resolved)]
@@ -92,7 +98,15 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     try:
         prepare_data(resolved, prepared_root, log)
         launcher = plugin.launcher_args()
-        command = [sys.executable, "-m", "trainer.launcher", *launcher, "-m", "trainer.cli.train", *argv]
+        command = [
+            sys.executable,
+            "-m",
+            "trainer.runtime.launcher",
+            *launcher,
+            "-m",
+            "trainer.cli.train",
+            *argv,
+        ]
         log("launching: " + " ".join(command))
         report = os.path.join(report_dir, "failures.json")
         env = {**os.environ, CHECKED_ENV: "1", PREPARED_ENV: prepared_root, REPORT_ENV: report}
@@ -145,8 +159,8 @@ def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> tuple[in
 
 def prepare_data(resolved: Resolved, root: str, log: Any) -> None:
     """Format, tokenize and cache the datasets under `root` (as `preprocess` does)."""
-    from trainer.build import load_tokenizer
     from trainer.data.pipeline import build_datasets
+    from trainer.runtime.build import load_tokenizer
 
     with_root = with_prepared_path(resolved, root)
     prepared = build_datasets(with_root, load_tokenizer(with_root.config))
@@ -298,7 +312,7 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
     """The loss before and after, the summary table with the fit diagnosis, and (a side effect, on
     the main process that calls this, unless `curves` is off) output_dir/training_curves.png titled
     by the diagnosis."""
-    from trainer.run_report import CURVES_NAME, diagnose, summary, table, write_curves
+    from trainer.outputs.run_report import CURVES_NAME, diagnose, summary, table, write_curves
 
     history = built.trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]

@@ -8,17 +8,16 @@ so that `trainer.cli.validate` can check a config without importing torch.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from trainer.config.schema import TrainConfig
-
-KINDS = ("formatters", "adapters", "attention", "distributed", "callbacks", "kernels")
-"""Plugin kinds; each is the entry-point group `trainer.<kind>` (public API)."""
+from trainer.api.base_model import BaseModelInfo
+from trainer.config.kinds import PLUGIN_KINDS
+from trainer.config.schema import TrainConfig
 
 
 class Options(BaseModel):
@@ -147,8 +146,60 @@ class Formatter(Plugin[OptionsT]):
         return value
 
 
+@dataclass(frozen=True)
+class TrainedTensor:
+    """One tensor that trains (it gets a gradient and optimizer state), as the memory estimate
+    counts it."""
+
+    name: str
+    shape: tuple[int, ...]
+    bytes_per_value: float
+    """As it trains: PEFT keeps adapter weights in fp32 (4); a base weight its loaded dtype."""
+    added: bool = False
+    """Not one of the base model's weights (an adapter matrix, a trainable copy in modules_to_save):
+    it adds to the weights held."""
+    embedding: bool = False
+    """An embedding matrix (bitsandbytes optimizers keep 32-bit state for these)."""
+    projected_rank: int | None = None
+    """GaLore / APOLLO optimizers keep this matrix's state on a projection of this rank."""
+
+
+@dataclass
+class Training:
+    """What an adapter trains and what the loaded base model weighs, for the memory estimate."""
+
+    trainable: list[TrainedTensor]
+    base_weight_bytes: float
+    """Bytes of the base model's weights as the adapter loads them (16-bit, 8-bit, 4-bit...)."""
+    notes: list[str] = field(default_factory=list)
+
+
+def full_training(base: BaseModelInfo, select: Callable[[str], bool] | None = None) -> Training:
+    """Every base weight (or those `select(name)` keeps) trains, in the dtype it loads in."""
+    trainable = [
+        TrainedTensor(name, shape, base.dtype_bytes, embedding=bool(re.search(r"embed|wte|wpe", name)))
+        for name, shape in base.tensors.items()
+        if select is None or select(name)
+    ]
+    return Training(trainable, base_weight_bytes=float(base.num_params * base.dtype_bytes))
+
+
 class Adapter(Plugin[OptionsT]):
     """Decides which weights train: model-load kwargs, a PEFT config, or freezing."""
+
+    sets_optim_target_modules: ClassVar[bool] = False
+    """It gives transformers' `optim_target_modules` (the matrices a GaLore optimizer projects), so
+    a `galore_*` optimizer may run under it."""
+
+    def quantized_bits(self) -> int | None:
+        """Bits per base linear weight when this adapter loads the base model quantized (8, 4), or
+        None. Backends that cannot partition quantized weights ask this."""
+        return None
+
+    def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
+        """Which tensors train and what the base weights cost, from the base model's shapes alone
+        (no torch). Used by the memory estimate; the default is full training of every weight."""
+        return full_training(base)
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
         """Adjust the loaded model before it reaches SFTTrainer (default: unchanged)."""
@@ -172,54 +223,6 @@ class Attention(Plugin[OptionsT]):
 
     packed_inputs: ClassVar[str | None] = None
     additive_mask: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """The base model as a plugin's `check()` may see it without torch or a download: parameter
-    names and shapes from the safetensors headers, and config.json (a local folder or the hub
-    cache). From `describe_base_model(config.base_model)`."""
-
-    tensors: dict[str, tuple[int, ...]]
-    config: dict[str, Any]
-    source: str
-
-    @property
-    def model_type(self) -> str | None:
-        return self.config.get("model_type")
-
-    @property
-    def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", False))
-
-    def modules(self) -> set[str]:
-        """Names of the modules that hold parameters (`model.layers.0.self_attn.q_proj`, ...)."""
-        return {name.rsplit(".", 1)[0] for name in self.tensors if "." in name}
-
-    def selects(self, target: str) -> bool:
-        """Whether a name in a target_modules list selects a module of this model, as PEFT matches
-        names (the module's whole name, or its last dotted parts)."""
-        from trainer.memory import peft_selects
-
-        return any(peft_selects(module, target) for module in self.modules())
-
-    def linear_layers(self) -> dict[str, tuple[int, int]]:
-        """module name -> (in, out) of every linear layer but the embeddings and the output layer."""
-        from trainer.memory import linear_layers
-
-        return linear_layers(self.tensors)
-
-
-def describe_base_model(base_model: str) -> BaseModelInfo | None:
-    """`base_model` described from its files, or None when they are not on this machine (a hub id
-    not in the cache: nothing is downloaded at validate time)."""
-    from trainer.memory import Unavailable, find_shapes
-
-    try:
-        shapes = find_shapes(base_model)
-    except Unavailable:
-        return None
-    return BaseModelInfo(tensors=dict(shapes.tensors), config=dict(shapes.config), source=shapes.source)
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,10 @@ class Kernel(Plugin[OptionsT]):
     """
 
 
-BASES: dict[str, type[Plugin]] = {
-    "formatters": Formatter,
-    "adapters": Adapter,
-    "attention": Attention,
-    "distributed": Distributed,
-    "callbacks": Callback,
-    "kernels": Kernel,
-}
+def _bases() -> dict[str, type[Plugin[Any]]]:
+    here = globals()
+    return {kind.group: here[kind.base] for kind in PLUGIN_KINDS}
+
+
+BASES: dict[str, type[Plugin[Any]]] = _bases()
+"""Each kind's base class, by entry-point group (from trainer.config.kinds.PLUGIN_KINDS)."""

@@ -7,12 +7,12 @@ out before the forward and logs, with each training loss:
 - `num_tokens`: real tokens trained on so far, over all processes. TRL's own count sums the
   attention mask, which for a packed 4D mask counts attention pairs, not tokens.
 
-Checkpoints are staged and renamed into place (trainer.checkpoints), and `Guard` (trainer.guard)
-watches every step for stop signals, a diverging loss and gradient-norm spikes.
+Checkpoints are staged and renamed into place (trainer.outputs.checkpoints), and `Guard`
+(trainer.training.guard) watches every step for stop signals, a diverging loss and gradient-norm spikes.
 
 It moves a packed training set to each epoch's rows at the epoch's start, on every process
 (accelerate forwards `set_epoch` to the dataset only in single-process runs), and makes `fsdp` runs
-shard as configured: FSDP1's sharding strategy, and FSDP at all on CPU (see trainer.fsdp_support).
+shard as configured: FSDP1's sharding strategy, and FSDP at all on CPU (see trainer.training.fsdp_support).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 import trl
 from transformers import TrainerCallback
 
-from trainer import checkpoints, fsdp_support
-from trainer.guard import Guard
+from trainer.outputs import checkpoints
+from trainer.training import fsdp_support
+from trainer.training.guard import Guard
 
 
 class _EpochRows(TrainerCallback):

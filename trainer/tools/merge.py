@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
-from trainer.outputs import RESOLVED_NAME
-from trainer.paths import looks_local
+from trainer.api import Adapter
+from trainer.config.paths import looks_local
+from trainer.outputs.output_dir import RESOLVED_NAME
+from trainer.resolve.validate import plugin_for_block
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -37,7 +39,6 @@ PROMPT_LEARNING = {
     "ADAPTION_PROMPT",
     "CPT",
 }
-QUANT_KEYS = ("load_in_4bit", "load_in_8bit", "bits", "quantization", "bnb_4bit_quant_type")
 
 Log = Callable[[str], None]
 
@@ -124,16 +125,10 @@ def adapter_block(resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def quantized_bits(block: dict[str, Any]) -> int | None:
-    """4 or 8 when the run's adapter trained against a quantized base (a `qlora` type, or quantization
-    options in the adapter block), else None."""
-    kind = str(block.get("type", "")).lower()
-    if block.get("load_in_8bit") or block.get("bits") == 8:
-        return 8
-    if "qlora" in kind or block.get("load_in_4bit") or block.get("bits") == 4:
-        return 4
-    if any(block.get(key) for key in QUANT_KEYS):
-        return 4
-    return None
+    """8 or 4 when the run's adapter trained against a quantized base, as its plugin says; None
+    when not, or when the block no longer resolves (a plugin since uninstalled)."""
+    adapter = plugin_for_block("adapters", block)
+    return adapter.quantized_bits() if isinstance(adapter, Adapter) else None
 
 
 def inspect_run(run_dir: str | os.PathLike[str], base_model: str | None = None) -> RunInfo:

@@ -1,6 +1,6 @@
 """Why a run stops early and how it exits: `RunStopped` (exit status 128 + signal, or 1 for the loss
 watchdog), and `SignalCatcher`, which turns SIGTERM / SIGINT into a request to stop. Importing this
-is cheap (the commands' error handling does); trainer.guard acts on the requests.
+is cheap (the commands' error handling does); trainer.training.guard acts on the requests.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from trainer.stops import SignalCatcher, Stopped
+from trainer.training.stops import SignalCatcher, Stopped
 
 SPIKE_WINDOW = 20
 SPIKE_MIN_HISTORY = 5

@@ -9,13 +9,13 @@ from tqdm.auto import tqdm
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import has_length
 
-from trainer.sft import logged_tokens
+from trainer.training.sft import logged_tokens
 
 
 class TokenProgress(ProgressCallback):
     """transformers' ProgressCallback, with the real-token rate in the bar and in each printed log line.
 
-    The rate is the logged `num_tokens` (real tokens over all processes, see trainer.sft) over the
+    The rate is the logged `num_tokens` (real tokens over all processes, see trainer.training.sft) over the
     training time since `on_train_begin`, evaluation time (`eval_*runtime`) left out. Only the main
     process draws; bars are drawn only on a terminal (tqdm's `disable=None`), so a redirected log
     gets the log lines without the redrawn bars.

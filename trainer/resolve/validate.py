@@ -13,14 +13,16 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.api import Adapter, Attention, Callback, Distributed, Formatter, Kernel, Plugin
+from trainer.api import Plugin
+from trainer.api.resolved import Chosen, Resolved
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
+from trainer.config.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from trainer.config.overrides import apply_overrides
+from trainer.config.paths import looks_local
 from trainer.config.schema import (
     LIST_PLUGIN_FIELDS,
     PLUGIN_FIELDS,
@@ -31,9 +33,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
-from trainer.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
-from trainer.paths import looks_local
-from trainer.registry import Entry, PluginError, Registry, default_registry
+from trainer.resolve.registry import PluginError, Registry, default_registry
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
 DATASET_LISTS = ("datasets", "test_datasets")
@@ -75,62 +75,6 @@ def _missing_optimizer_packages(name: str) -> list[str]:
     return missing
 
 
-PluginT = TypeVar("PluginT", bound=Plugin[Any])
-
-
-@dataclass
-class Chosen(Generic[PluginT]):
-    """A plugin chosen by the config: where it was chosen, its registry entry and its instance."""
-
-    path: Path
-    entry: Entry
-    plugin: PluginT
-
-
-@dataclass
-class Resolved:
-    """A validated config with its plugins instantiated."""
-
-    config: TrainConfig
-    source: SourceMap
-    adapter: Chosen[Adapter[Any]]
-    attention: Chosen[Attention[Any]]
-    distributed: Chosen[Distributed[Any]]
-    callbacks: list[Chosen[Callback[Any]]] = field(default_factory=list)
-    kernels: list[Chosen[Kernel[Any]]] = field(default_factory=list)
-    formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
-    test_formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
-
-    def plugins(self) -> list[Chosen[Any]]:
-        return [
-            *self.formatters,
-            *self.test_formatters,
-            self.adapter,
-            self.attention,
-            self.distributed,
-            *self.callbacks,
-            *self.kernels,
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config with every default filled in and plugin blocks expanded; re-runnable."""
-        data = self.config.model_dump(mode="json")
-        for key in PLUGIN_FIELDS:
-            data[key] = _block(getattr(self, key))
-        for key in LIST_PLUGIN_FIELDS:
-            data[key] = [_block(c) for c in getattr(self, key)]
-        for key, chosen_list in (("datasets", self.formatters), ("test_datasets", self.test_formatters)):
-            data[key] = [
-                {**spec.model_dump(mode="json", exclude=set(spec.model_extra or {})), **_block(chosen)}
-                for spec, chosen in zip(getattr(self.config, key), chosen_list, strict=True)
-            ]
-        return data
-
-
-def _block(chosen: Chosen) -> dict[str, Any]:
-    return {"type": chosen.entry.name, **chosen.plugin.options.model_dump(mode="json")}
-
-
 def load_config(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Resolved:
     """Validate a config file; raises ConfigErrors listing every problem found."""
     registry = registry or default_registry()
@@ -163,6 +107,14 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         config = None
     if config is not None:
         config = _fill_defaults(config)
+        config.bind_plugins(
+            {
+                key: [c.plugin for c in item if c]
+                if isinstance(item, list)
+                else (item.plugin if item else None)
+                for key, item in chosen.items()
+            }
+        )
         problems += _cross_checks(config)
         problems += _packing_checks(config, chosen.get("attention"))
         for item in chosen.values():
@@ -364,6 +316,14 @@ def _choose_plugins(data: dict[str, Any], registry: Registry, problems: list[Pro
     return chosen  # entries may be None where a problem was recorded
 
 
+def plugin_for_block(kind: str, block: Any, registry: Registry | None = None) -> Plugin[Any] | None:
+    """The plugin a config block chooses (`lora` or `{type: lora, ...}`, e.g. from a finished run's
+    config.resolved.yml), its options validated; None when it does not resolve."""
+    problems: list[Problem] = []
+    chosen = _choose(registry or default_registry(), kind, (), block, problems)
+    return chosen.plugin if chosen is not None and not problems else None
+
+
 def _formatter_block(spec: dict[str, Any]) -> dict[str, Any]:
     """A dataset entry's formatter block: its `type` and the keys that are not dataset keys."""
     return {k: v for k, v in spec.items() if k == "type" or k not in DatasetSpec.model_fields}
@@ -532,7 +492,12 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("optimizer", message)
     low_rank = c.optimizer.startswith(("galore_", "apollo_"))
     if low_rank and "optim_target_modules" not in c.trainer_args:
-        if c.optimizer.startswith("galore_") and plugin_name(c.adapter) != "galore":
+        adapter = c.plugin("adapter")
+        if (
+            c.optimizer.startswith("galore_")
+            and adapter is not None
+            and not adapter.sets_optim_target_modules
+        ):
             bad(
                 "optimizer",
                 f"'{c.optimizer}' projects the gradients of chosen modules: use adapter: galore "
@@ -556,15 +521,6 @@ def _packing_checks(config: TrainConfig, attention: Chosen | None) -> list[Probl
             "packed_inputs); use attention: sdpa, eager, flex_attention or flash_attention_2",
         )
     ]
-
-
-def plugin_name(block: Any) -> str | None:
-    """The plugin a config block names (`lora` or `{type: lora, ...}`), or None when malformed."""
-    if isinstance(block, str):
-        return block
-    if isinstance(block, dict) and isinstance(block.get("type"), str):
-        return str(block["type"])
-    return None
 
 
 def _is_multiple(big: float, small: float) -> bool:

@@ -78,7 +78,7 @@ def save_final(trainer: Any, output_dir: str) -> None:
 def _save_model(trainer: Any, directory: str) -> None:
     """The whole model (or PEFT adapter) from every process's part. Under FSDP transformers saves
     nothing while checkpoints are sharded, so the final save gathers a full state dict."""
-    from trainer import fsdp_support
+    from trainer.training import fsdp_support
 
     if not trainer.is_fsdp_enabled:
         trainer.save_model(directory)

@@ -14,10 +14,10 @@ from typing import Any
 from trainer.api import Adapter, Contribution
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
-from trainer.config.validate import Resolved, sft_config_fields
 from trainer.data.collate import PackedInputs
-from trainer.launcher import CHECKED_ENV
-from trainer.precision import accelerator_type
+from trainer.resolve.precision import accelerator_type
+from trainer.resolve.validate import Resolved, sft_config_fields
+from trainer.runtime.launcher import CHECKED_ENV
 
 
 @dataclass
@@ -113,7 +113,7 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         "eval_strategy": config.eval_strategy,
         "eval_on_start": evaluating,
         "save_strategy": config.save_strategy,
-        "save_total_limit": None,  # ours rotates (trainer.checkpoints), never deleting the newest
+        "save_total_limit": None,  # ours rotates (trainer.outputs.checkpoints), never deleting the newest
         "load_best_model_at_end": config.load_best_model_at_end,
         "report_to": config.report_to,
         "run_name": run_name,
@@ -263,6 +263,30 @@ def load_model(config: TrainConfig, merged: Merged, adapter: Adapter, tokenizer:
     return adapter.prepare_model(model, config)
 
 
+def train_new_token_rows(model: Any, peft_config: Any, owner: str) -> None:
+    """Tokens the config added (`tokens`, `special_tokens`) under any PEFT adapter: the input and
+    output embeddings join the PEFT config's `modules_to_save`, so they train in full and are saved
+    with the adapter (tied ones stay tied). Called after the adapter's `prepare_model`, before
+    SFTTrainer wraps the model with the config. Not PEFT's trainable_token_indices: TRL's fused LM
+    head reads lm_head.weight directly, which bypasses PEFT's TrainableTokensWrapper."""
+    if not hasattr(peft_config, "modules_to_save"):
+        raise ConfigErrors(
+            [
+                Problem(
+                    ("tokens",),
+                    f"{owner} gives a {type(peft_config).__name__}, which cannot train whole modules "
+                    "(it has no modules_to_save), so the added tokens' embedding rows would stay random",
+                )
+            ]
+        )
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    wanted = [names[inputs]] + ([names[outputs]] if outputs is not None else [])
+    peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *wanted})
+    if outputs is not None and outputs.weight is inputs.weight and hasattr(peft_config, "ensure_weight_tying"):
+        peft_config.ensure_weight_tying = True
+
+
 def packed_inputs_for(attention: Any, model_config: Any, sequence_len: int) -> PackedInputs:
     """How the collator keeps packed examples apart for this kernel and model. A model with
     sliding-window layers shorter than the rows gets restarting position ids without a mask:
@@ -336,17 +360,19 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
     from transformers.trainer_callback import ProgressCallback
 
     from trainer.data.pipeline import build_datasets
-    from trainer.progress import TokenProgress
-    from trainer.run_report import PeakMemory, count_parameters
-    from trainer.sft import SFTTrainer
+    from trainer.outputs.run_report import PeakMemory, count_parameters
+    from trainer.training.progress import TokenProgress
+    from trainer.training.sft import SFTTrainer
 
     config = resolved.config
     merged, args = planned or plan(resolved)
-    tokenizer = load_tokenizer(config)
+    tokenizer, new_ids = load_tokenizer_and_new_ids(config)
     with PartialState().main_process_first():
         data = build_datasets(resolved, tokenizer)
     adapter: Adapter = resolved.adapter.plugin
     model = load_model(config, merged, adapter, tokenizer)
+    if new_ids and merged.peft_config is not None:
+        train_new_token_rows(model, merged.peft_config, merged.owners.get("peft_config", "the adapter"))
     if merged.data_collator is not None and (config.sample_packing or config.eval_sample_packing):
         owner = merged.owners["data_collator"]
         raise ConfigErrors(

@@ -1,0 +1,66 @@
+"""The public API: everything a plugin may import from trainer, and nothing else.
+
+Plugins (the built-ins under plugins/ and third-party packages) import from `trainer.api` only: the
+plugin base classes and `Contribution` (trainer.api.contract), the resolved config that `check()`
+and `contribute()` read (trainer.api.resolved), a torch-free description of the base model
+(trainer.api.base_model), and the config types, problem reporting and optimizer table re-exported
+below. A name not listed in `__all__` is internal and may change.
+"""
+
+from trainer.api.base_model import BaseModelInfo, describe_base_model
+from trainer.api.contract import (
+    BASES,
+    Adapter,
+    Attention,
+    Callback,
+    Contribution,
+    Distributed,
+    Formatter,
+    Kernel,
+    Options,
+    Plugin,
+    RowError,
+    Segment,
+    Sharding,
+    TrainedTensor,
+    Training,
+    full_training,
+)
+from trainer.api.resolved import Chosen, Resolved
+from trainer.config.errors import ConfigErrors, Problem, did_you_mean
+from trainer.config.kinds import KINDS, PLUGIN_KINDS, PluginKind
+from trainer.config.optimizers import OPTIMIZERS, Optimizer
+from trainer.config.schema import DatasetSpec, TrainConfig
+
+__all__ = [
+    "BASES",
+    "KINDS",
+    "OPTIMIZERS",
+    "PLUGIN_KINDS",
+    "Adapter",
+    "Attention",
+    "BaseModelInfo",
+    "Callback",
+    "Chosen",
+    "ConfigErrors",
+    "Contribution",
+    "DatasetSpec",
+    "Distributed",
+    "Formatter",
+    "Kernel",
+    "Optimizer",
+    "Options",
+    "Plugin",
+    "PluginKind",
+    "Problem",
+    "Resolved",
+    "RowError",
+    "Segment",
+    "Sharding",
+    "TrainConfig",
+    "TrainedTensor",
+    "Training",
+    "describe_base_model",
+    "did_you_mean",
+    "full_training",
+]

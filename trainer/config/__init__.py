@@ -1,0 +1,3 @@
+"""Layer 0, the config language: the schema, YAML with line numbers, overrides, errors, and the fact tables
+(optimizers, local paths). Imports nothing else of trainer.
+"""

@@ -1,0 +1,198 @@
+"""Memory per device for a resolved config, estimated without torch (for `validate`).
+
+Parameter shapes come from the checkpoint without loading it: a local model's safetensors
+header(s) (8-byte little-endian length + JSON of names, dtypes and shapes; the shards named by
+`model.safetensors.index.json`), else the same files or `config.json` in the Hugging Face cache,
+and for a config alone a formula for Llama-like models (embeddings, q/k/v/o, gate/up/down, norms).
+
+Bytes per parameter follow the seed notes (shared/seeds/002, "Using a Single GPU": "A typical
+model with AdamW optimizer requires 18 bytes per parameter"; 8-bit AdamW and Adafactor save
+memory) with the breakdown of its reference 1 (huggingface.co/docs/transformers/perf_train_gpu_one,
+"anatomy of the model's memory"):
+
+* weights: 4 bytes (fp32) or 2 (fp16/bf16 checkpoint), as `dtype="auto"` loads them; mixed
+  precision (bf16/fp16 on fp32 weights) adds the 16-bit working copy, 2 bytes per trainable
+  parameter (autocast caches casts of trainable leaves only). 4-bit NF4 base linears (qlora):
+  0.5 byte + one fp32 absmax per 64 weights (0.0625), or with double quantisation one 8-bit absmax
+  per 64 plus one fp32 per 64*256 (0.0159). 8-bit base linears: 1 byte + an fp32 scale per row.
+* gradients: one per trainable parameter in its own dtype (4 bytes for fp32 master weights).
+* optimizer states: AdamW 8 bytes (two fp32 moments); 8-bit Adam (bitsandbytes, torchao) 2 bytes
+  + an fp32 absmax per 256 values, tensors under 4096 values (and, in bitsandbytes optimizers,
+  embeddings: transformers overrides them) keep 32-bit states; SGD 0 bytes, 4 with momentum
+  (`optim_args: momentum=...`); Adafactor (transformers', beta1=None) is factored: exactly
+  4*(rows+cols) bytes per matrix (the row and column second moments) and 4 bytes per vector
+  value, computed from the shapes, so well under the "~4 bytes per parameter" upper bound;
+  GaLore keeps its states on rank-r projections of each targeted matrix.
+  So mixed-precision AdamW = 4 + 2 + 4 + 8 = 18 bytes per trainable parameter (the seed's number),
+  fp32 AdamW = 16, 8-bit AdamW mixed = 10 + ~2.03.
+* LoRA: only adapter parameters train: r*(in+out) per targeted linear (`all-linear` = every
+  linear except the output layer, as PEFT), in fp32 (PEFT upcasts adapters); DoRA adds `out`.
+* activations: Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+  Models", eq. 1): per layer s*b*h*34 + 5*a*s^2*b bytes in 16-bit, with the MLP's 16*s*b*h (for
+  an intermediate of 4h) replaced by 4*s*b*I for the model's intermediate size I, so
+  s*b*(18h + 4I) + 5*a*s^2*b; the 5*a*s^2*b attention-score term only for `eager` attention (sdpa
+  and flash kernels do not keep the scores); doubled for fp32 activations. Gradient checkpointing
+  keeps each layer's input (2*s*b*h bytes in 16-bit) plus one layer's full activations while it is
+  recomputed. Plus the logits (s*b*V in the activation dtype, their fp32 upcast and log-softmax).
+  s = sequence_len (the longest a row may be), b = micro_batch_size.
+* sharding: what the distributed plugin's `sharding()` says (`trainer.api.Sharding`): ZeRO stage 1
+  divides optimizer states by the processes, 2 also gradients, 3 also weights; DDP divides nothing;
+  offloaded optimizer state or weights are not on the device.
+
+Not counted: CUDA context and allocator slack, temporary buffers, the eval pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.api.base_model import (
+    BaseModelInfo,
+    ModelShapes,
+    Unavailable,
+    find_shapes,
+    numel,
+    positive_size,
+)
+from trainer.config.optimizers import OPTIMIZERS, state_bytes
+
+GIB = 1024**3
+
+# ---- the estimate --------------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float | None
+    trainable: int
+    total_params: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + (self.activations or 0)
+
+    def render(self) -> str:
+        act = gib(self.activations) if self.activations is not None else "n/a"
+        share = 100 * self.trainable / self.total_params if self.total_params else 0
+        return (
+            f"weights {gib(self.weights)}, gradients {gib(self.gradients)}, optimizer "
+            f"{gib(self.optimizer)}, activations {act}, total {gib(self.total)}; trainable "
+            f"{count(self.trainable)} of {count(self.total_params)} parameters ({share:.2f}%)"
+        )
+
+
+def gib(n: float) -> str:
+    if n >= 0.1 * GIB:
+        return f"{n / GIB:.1f} GiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def count(n: int) -> str:
+    for size, unit in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _momentum(config: Any) -> bool:
+    args = str((getattr(config, "trainer_args", None) or {}).get("optim_args") or "")
+    match = re.search(r"momentum\s*=\s*([0-9.eE+-]+)", args)
+    return bool(match and float(match.group(1)) != 0)
+
+
+def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
+    """Memory per device for a resolved config; raises Unavailable."""
+    c = resolved.config
+    shapes = shapes or find_shapes(c.base_model)
+    base = BaseModelInfo(dict(shapes.tensors), dict(shapes.config), shapes.source, shapes.dtype_bytes)
+    training = resolved.adapter.plugin.training(base, c)
+    notes: list[str] = [f"shapes from {shapes.source}", *training.notes]
+    trainable = training.trainable
+    added = [t for t in trainable if t.added]
+    weights = training.base_weight_bytes + sum(numel(t.shape) * t.bytes_per_value for t in added)
+    mixed = (c.bf16 or c.fp16) and shapes.dtype_bytes == 4
+    optimizer_row = OPTIMIZERS[c.optimizer]
+    n_train = sum(numel(t.shape) for t in trainable)
+    if mixed:  # the 16-bit working copy autocast keeps of each fp32 trainable weight
+        weights += 2 * sum(numel(t.shape) for t in trainable if t.bytes_per_value == 4)
+    gradients = sum(numel(t.shape) * t.bytes_per_value for t in trainable)
+    if optimizer_row.fused_backward:
+        gradients = 0.0
+    elif optimizer_row.layerwise:
+        gradients = max((numel(t.shape) * t.bytes_per_value for t in trainable), default=0.0)
+    momentum = _momentum(c)
+    optimizer = sum(
+        state_bytes(
+            c.optimizer,
+            t.shape,
+            t.bytes_per_value,
+            embedding=t.embedding,
+            projected_rank=t.projected_rank,
+            momentum=momentum,
+        )
+        for t in trainable
+    )
+
+    sharding = resolved.distributed.plugin.sharding()
+    over = max(1, sharding.over)
+    if sharding.optimizer:
+        optimizer /= over
+    if sharding.gradients:
+        gradients /= over
+    if sharding.weights:
+        weights /= over
+    if sharding.stage:
+        notes.append(f"ZeRO stage {sharding.stage} over {over} processes")
+    if sharding.optimizer_offloaded:
+        optimizer = 0.0
+        notes.append("optimizer state in CPU RAM")
+    if sharding.weights_offloaded:
+        weights = 0.0
+        notes.append("weights in CPU RAM, gathered a layer at a time (not counted)")
+
+    act_bytes = 2 if (c.bf16 or c.fp16 or shapes.dtype_bytes == 2) else 4
+    attention = resolved.attention.entry.name
+    activations = activation_bytes(
+        shapes.config, c.sequence_len, c.micro_batch_size, act_bytes, c.gradient_checkpointing,
+        scores=attention == "eager",
+    )  # fmt: skip
+    if activations is None:
+        notes.append("activations need hidden_size, num_hidden_layers, num_attention_heads in config.json")
+    total_params = shapes.num_params + sum(numel(t.shape) for t in added)
+    return Estimate(weights, gradients, optimizer, activations, n_train, total_params, notes)
+
+
+def activation_bytes(
+    config: dict[str, Any], seq: int, batch: int, act_bytes: int, checkpointing: bool, scores: bool
+) -> float | None:
+    """Korthikanti et al. per-layer activations (see the module docstring), all layers + logits."""
+
+    def first(*keys: str) -> int | None:
+        key = next((k for k in keys if config.get(k)), None)
+        return positive_size(config, key) if key else None
+
+    try:
+        h = first("hidden_size", "n_embd", "d_model")
+        layers = first("num_hidden_layers", "n_layer")
+        heads = first("num_attention_heads", "n_head")
+        if h is None or layers is None or heads is None:
+            return None
+        inter = first("intermediate_size", "n_inner") or 4 * h
+        vocab = first("vocab_size") or 0
+    except Unavailable:
+        return None
+    scale = act_bytes / 2  # the formula counts 16-bit values
+    layer = seq * batch * (18 * h + 4 * inter) * scale
+    if scores:
+        layer += 5 * heads * seq * seq * batch * scale
+    # checkpointing keeps every layer's input and one layer's activations during its recomputation
+    total = layers * seq * batch * h * act_bytes + layer if checkpointing else layers * layer
+    return total + seq * batch * vocab * (act_bytes + 8)
