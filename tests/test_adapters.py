@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 
 from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
 from trainer.config.errors import ConfigErrors  # noqa: E402
-from trainer.outputs.output_dir import save_final  # noqa: E402
 from trainer.resolve.validate import load_config  # noqa: E402
 from trainer.runtime.build import build_trainer  # noqa: E402
+from trainer.training.saving import save_final  # noqa: E402
 
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

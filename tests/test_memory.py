@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import write_yaml
-from trainer.cli.validate import summary
 from trainer.api.base_model import Unavailable, find_shapes, llama_like_tensors, read_safetensors_header
+from trainer.cli.validate import summary
 from trainer.resolve.memory import estimate
 from trainer.resolve.validate import load_config
 
@@ -170,7 +170,7 @@ def test_a_third_party_backend_states_its_sharding(tmp_path, fake, data) -> None
         (3, {"optimizer", "gradients", "weights"}),
     ):
         chosen = dataclasses.replace(resolved.distributed, plugin=Zero(stage))
-        est = estimate(dataclasses.replace(resolved, distributed=chosen))
+        est = estimate(dataclasses.replace(resolved, chosen={**resolved.chosen, "distributed": chosen}))
         for part in ("weights", "gradients", "optimizer"):
             want = getattr(ddp, part) / (4 if part in divided else 1)
             assert getattr(est, part) == pytest.approx(want), (stage, part)

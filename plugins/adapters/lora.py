@@ -182,8 +182,7 @@ class Lora(Adapter[LoraOptionsT]):
             from transformers import BitsAndBytesConfig
 
             contribution.model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        if opts.init in MUTATING_INITS:
-            contribution.callbacks.append(_convert_to_plain_lora_callback())
+        contribution.convert_initialised_adapter = opts.init in MUTATING_INITS
         return contribution
 
     def quantized_bits(self) -> int | None:
@@ -257,32 +256,3 @@ class Lora(Adapter[LoraOptionsT]):
             loraplus_weight_decay=args.weight_decay,
             **kwargs,
         )
-
-
-def _convert_to_plain_lora_callback() -> Any:
-    """A callback that saves the freshly initialised PiSSA/OLoRA adapter, and makes the final save
-    convert the trained adapter into a plain LoRA (rank 2r) that loads on the original base."""
-    import functools
-    import shutil
-    import tempfile
-    import weakref
-
-    from transformers import TrainerCallback
-
-    class ConvertToPlainLora(TrainerCallback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.initial: str | None = None
-
-        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            folder = tempfile.mkdtemp(prefix="lora-init-")
-            weakref.finalize(self, shutil.rmtree, folder, True)
-            self.initial = f"{folder}/initial"
-            model.save_pretrained(self.initial)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            # Checkpoints stay unconverted (resuming needs them as trained); the final save converts.
-            model.save_pretrained = functools.partial(
-                type(model).save_pretrained, model, path_initial_model_for_weight_conversion=self.initial
-            )
-
-    return ConvertToPlainLora()

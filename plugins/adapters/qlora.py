@@ -142,7 +142,7 @@ class QLora(Lora[QLoraOptions]):
             "quantization_config": self.bnb_config(config),
         }
         if resolved_compute_dtype(self.options, config) != "bfloat16":
-            contribution.callbacks = [*contribution.callbacks, _adapters_in_float32()]
+            contribution.trainable_dtype = "float32"  # TRL casts them to bfloat16
         return contribution
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
@@ -154,22 +154,3 @@ class QLora(Lora[QLoraOptions]):
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
         return super().prepare_model(model, config)
-
-
-def _adapters_in_float32() -> Any:
-    """A callback that puts the trainable (adapter) weights back in float32 once the trainer is built.
-
-    TRL's SFTTrainer casts the trainable weights of every quantized model to bfloat16 (the QLoRA
-    recipe for bf16 runs). In a float32 or fp16 run that rounds the adapters for nothing, and the
-    saved adapter, which PEFT loads in float32, would then not compute what the trained model did.
-    `on_init_end` comes after that cast and before the optimizer exists (or loads a checkpoint)."""
-    import torch
-    from transformers import TrainerCallback
-
-    class AdaptersInFloat32(TrainerCallback):
-        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            for param in model.parameters() if model is not None else ():
-                if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-                    param.data = param.data.float()
-
-    return AdaptersInFloat32()

@@ -39,6 +39,11 @@ class Contribution:
     - peft_config: a `peft.PeftConfig` (at most one plugin may give one)
     - callbacks: `transformers.TrainerCallback` instances
     - data_collator: a collator (at most one plugin may give one)
+    - trainable_dtype: "float32" keeps the trainable weights in fp32 once the trainer is built (TRL
+      casts a quantized model's trainable weights to bfloat16, which rounds the adapters of a
+      float32 or fp16 run)
+    - convert_initialised_adapter: the PEFT adapter's init rewrote the targeted base weights (PiSSA,
+      OLoRA): the final save converts it to a plain adapter that loads on the original base
     """
 
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +51,8 @@ class Contribution:
     peft_config: Any = None
     callbacks: list[Any] = field(default_factory=list)
     data_collator: Any = None
+    trainable_dtype: str | None = None
+    convert_initialised_adapter: bool = False
 
 
 OptionsT = TypeVar("OptionsT", bound=Options)

@@ -135,7 +135,10 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems.sort(key=lambda p: _line_of(p))
         raise ConfigErrors(problems)
     assert config is not None
-    return Resolved(config=config, source=source, **chosen)
+    formatters, test_formatters = chosen.pop("formatters"), chosen.pop("test_formatters")
+    return Resolved(
+        config=config, source=source, chosen=chosen, formatters=formatters, test_formatters=test_formatters
+    )
 
 
 def _said_better(core: Problem, others: list[Problem]) -> bool:

@@ -29,6 +29,8 @@ class Merged:
     peft_config: Any = None
     callbacks: list[Any] = field(default_factory=list)
     data_collator: Any = None
+    trainable_dtype: str | None = None
+    convert_initialised_adapter: bool = False
     owners: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,7 +57,8 @@ def merge(contributions: list[tuple[str, Contribution]]) -> Merged:
             put(merged.model_kwargs, "model_kwargs", key, value, owner)
         for key, value in part.sft_args.items():
             put(merged.sft_args, "sft_args", key, value, owner)
-        for attr in ("peft_config", "data_collator"):
+        merged.convert_initialised_adapter |= part.convert_initialised_adapter
+        for attr in ("peft_config", "data_collator", "trainable_dtype"):
             value = getattr(part, attr)
             if value is None:
                 continue
@@ -283,7 +286,11 @@ def train_new_token_rows(model: Any, peft_config: Any, owner: str) -> None:
     names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
     wanted = [names[inputs]] + ([names[outputs]] if outputs is not None else [])
     peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *wanted})
-    if outputs is not None and outputs.weight is inputs.weight and hasattr(peft_config, "ensure_weight_tying"):
+    if (
+        outputs is not None
+        and outputs.weight is inputs.weight
+        and hasattr(peft_config, "ensure_weight_tying")
+    ):
         peft_config.ensure_weight_tying = True
 
 
@@ -361,6 +368,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
 
     from trainer.data.pipeline import build_datasets
     from trainer.outputs.run_report import PeakMemory, count_parameters
+    from trainer.training import peft_support
     from trainer.training.progress import TokenProgress
     from trainer.training.sft import SFTTrainer
 
@@ -401,6 +409,10 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         },
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
+    if merged.trainable_dtype is not None:
+        trainer.add_callback(peft_support.KeepTrainableDtype(merged.trainable_dtype))
+    if merged.convert_initialised_adapter:
+        trainer.add_callback(peft_support.ConvertToPlainAdapter())
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
         trainer.add_callback(TokenProgress())
     trainer.add_callback(PeakMemory())

@@ -20,13 +20,13 @@ from trainer.outputs.output_dir import (
     RESOLVED_NAME,
     check_output_dir,
     clear_previous_run,
-    save_final,
     write_resolved,
 )
 from trainer.resolve.validate import Resolved
 from trainer.runtime.build import Built, build_trainer, plan
 from trainer.runtime.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
 from trainer.training import parallel
+from trainer.training.saving import save_final
 from trainer.training.stops import RunStopped
 
 

@@ -47,6 +47,8 @@ def _engage_on_cpu(trainer: Any) -> None:
     # FSDP1 checks that `device_id` is the parameters' own device: "cpu", not accelerate's "cpu:0".
     cpu = torch.device("cpu")
     state.device = cpu
+    # accelerate 1.16 PartialState._shared_state: its public state is read-only, and every later
+    # PartialState() must see FSDP on CPU too
     PartialState._shared_state.update(distributed_type=DistributedType.FSDP, device=cpu)
     trainer.is_fsdp_enabled = True
 
@@ -67,6 +69,7 @@ def fsdp1_full_state_dict(trainer: Any) -> dict[str, Any]:
 
     model = trainer.model_wrapped
     whole = trainer.accelerator.state.fsdp_plugin.sharding_strategy == ShardingStrategy.NO_SHARD
+    # torch 2.13 FSDP1 / checkpoint-wrapper module-name prefixes, removed to get the model's own names
     wrappers = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
     def clean(name: str) -> str:
@@ -78,6 +81,8 @@ def fsdp1_full_state_dict(trainer: Any) -> dict[str, Any]:
     with nullcontext() if whole else FSDP.summon_full_params(model, writeback=False):
         tensors = {clean(n): p.detach().clone() for n, p in model.named_parameters()}
         for prefix, module in model.named_modules():
+            # torch 2.13 Module._buffers / _non_persistent_buffers_set: state_dict() would run the
+            # FSDP1 full-state-dict hooks that crash on CPU
             for name, buffer in module._buffers.items():
                 if buffer is not None and name not in module._non_persistent_buffers_set:
                     tensors[clean(f"{prefix}.{name}" if prefix else name)] = buffer.detach().clone()

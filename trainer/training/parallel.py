@@ -30,6 +30,8 @@ def held_share(model: Any) -> float:
 
     fsdp1_units = FullyShardedDataParallel.fsdp_modules(model)
     if fsdp1_units:  # FSDP1: each unit's FlatParameter holds this process's slice
+        # torch 2.13 FSDP1 `_handle.flat_param` / `_unpadded_unsharded_size`: no public API says what
+        # one process holds of a FlatParameter
         flat = [unit._handle.flat_param for unit in fsdp1_units if unit._handle is not None]
         held = sum(int(p.numel()) for p in flat)
         whole = sum(int(p._unpadded_unsharded_size.numel()) for p in flat)

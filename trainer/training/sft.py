@@ -53,6 +53,7 @@ class _ResumedTokens(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # TRL 1.16 SFTTrainer._total_train_tokens: the count TRL logs as num_tokens has no setter
         self.trainer.tokens_before = self.trainer._total_train_tokens = logged_tokens(state.log_history)
 
 
@@ -94,6 +95,8 @@ class SFTTrainer(trl.SFTTrainer):
         loss, self._step_loss = self._step_loss, None
         return loss
 
+    # transformers 5.x Trainer._get_grad_norm: the step's norm reaches callbacks only as a logged
+    # float on logging steps; the guard needs it every step
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         self._grad_norm = norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         return norm
@@ -102,6 +105,8 @@ class SFTTrainer(trl.SFTTrainer):
         norm, self._grad_norm = self._grad_norm, None
         return None if norm is None else float(norm)
 
+    # transformers 5.x Trainer._get_output_dir / _save_checkpoint: no public hook chooses where a
+    # checkpoint is written, and staging it whole-or-absent needs that
     def _get_output_dir(self, trial: Any) -> str:
         if self._staging:  # transformers writes checkpoint-N under this run folder
             return checkpoints.staging_dir(str(self.args.output_dir))
@@ -145,6 +150,8 @@ class SFTTrainer(trl.SFTTrainer):
         if model.training:
             self._real_tokens += int(real)
             self._processed_tokens += int(inputs["input_ids"].numel())
+        # TRL 1.16 _total_train_tokens / _metrics: TRL counts attention-mask sums (pairs under a
+        # packed 4D mask) and offers no way to give it the real count
         counted = self._total_train_tokens
         loss = super().compute_loss(model, inputs, *args, **kwargs)
         self._total_train_tokens = counted  # undo TRL's count; `log` sets the real one
