@@ -123,9 +123,9 @@ class Lora(Adapter[LoraOptionsT]):
 
         opts = self.options
         problems: list[str | tuple[str, str]] = []
-        if _is_regex(opts.target_modules):
+        if isinstance(opts.target_modules, str) and _is_regex(opts.target_modules):
             try:
-                re.compile(opts.target_modules)  # type: ignore[arg-type]
+                re.compile(opts.target_modules)
             except re.error as err:
                 problems.append(("target_modules", f"not a valid regular expression: {err}"))
             if opts.layers_to_transform is not None:

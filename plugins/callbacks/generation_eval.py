@@ -127,7 +127,7 @@ def score(
 def make_callback(opts: GenerationEvalOptions) -> Any:
     from transformers import TrainerCallback
 
-    class GenerationEvalCallback(TrainerCallback):  # type: ignore[misc]
+    class GenerationEvalCallback(TrainerCallback):
         def __init__(self) -> None:
             self.results: dict[str, dict[str, Any]] = {}
 
@@ -192,4 +192,4 @@ class GenerationEval(Callback[GenerationEvalOptions]):
         return []
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        return Contribution(callbacks=[make_callback(self.options)])  # type: ignore[arg-type]
+        return Contribution(callbacks=[make_callback(self.options)])

@@ -11,7 +11,7 @@ Started under `torchrun` or `accelerate launch` already, the launcher's processe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -31,7 +31,10 @@ class Ddp(Launched[DdpOptions]):
     def contribute(self, config: TrainConfig) -> Contribution:
         opts = self.options
         backend = opts.backend if opts.backend != "auto" else ("nccl" if has_cuda() else "gloo")
-        args = {"ddp_backend": backend, "ddp_find_unused_parameters": opts.find_unused_parameters}
+        args: dict[str, Any] = {
+            "ddp_backend": backend,
+            "ddp_find_unused_parameters": opts.find_unused_parameters,
+        }
         if opts.bucket_cap_mb is not None:
             args["ddp_bucket_cap_mb"] = opts.bucket_cap_mb
         return Contribution(sft_args=args)

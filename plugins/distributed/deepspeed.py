@@ -31,7 +31,7 @@ from pydantic import Field
 from plugins.distributed.launch import Launched, LaunchOptions, adapter, adapter_name, has_cuda
 from trainer.api import OPTIMIZERS, Contribution, Sharding, TrainConfig
 
-AUTO = "auto"
+AUTO: Literal["auto"] = "auto"
 CPU_ADAM_KEEPS = ("adamw_torch", "adamw_torch_fused")
 """Optimizers that DeepSpeed's CPU Adam reproduces (AdamW) when offloading swaps it in."""
 ADAM_SETTINGS = ("adam_beta1", "adam_beta2", "adam_epsilon")

@@ -41,7 +41,6 @@ from pydantic import Field
 
 from plugins.formatters.chat_templates import BUILTIN_TEMPLATES
 from trainer.api import Formatter, Options, RowError, Segment, did_you_mean
-from trainer.api import Options as BaseOptions
 
 TOKENIZER_DEFAULT = "tokenizer_default"
 JINJA = "jinja"
@@ -97,7 +96,7 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
     add_bos = False  # the rendered text holds whatever BOS/EOS the template writes
     add_eos = False
 
-    def __init__(self, options: BaseOptions | None = None):
+    def __init__(self, options: ChatTemplateOptionsT | None = None):
         super().__init__(options)
         opts = self.options
         default_mapping = type(opts).model_fields["message_property_mappings"].default
@@ -234,10 +233,10 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
         overhead: transformers' own renderer, whose compiled template it caches."""
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template(
+        rendered: Any = render_jinja_template(  # (texts, generation indices)
             conversations=[messages], chat_template=self._template, **self._template_vars
         )
-        return str(rendered[0])
+        return str(rendered[0][0])
 
     # ---- format ---------------------------------------------------------------------------------
 

@@ -112,6 +112,7 @@ class SFTTrainer(trl.SFTTrainer):
             return checkpoints.staging_dir(str(self.args.output_dir))
         return str(super()._get_output_dir(trial))
 
+    # transformers 5.x Trainer._save_checkpoint: wrapped to stage the checkpoint (see _get_output_dir)
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """transformers' checkpoint, staged in output_dir/.staging and renamed into place once every
         process has written its part; then rotation that keeps the best and the newest."""
