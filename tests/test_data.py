@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_command
+from trainer.api.resolved import Resolved
 from trainer.data.encode import IGNORE, SegmentEncoder, fit
 from trainer.data.pipeline import Prepared, build_datasets, fingerprint
 from trainer.data.readers import DataError
 from trainer.outputs.output_dir import RESOLVED_NAME
-from trainer.resolve.validate import Resolved, load_config
+from trainer.resolve.validate import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 BOS, EOS = 1, 2

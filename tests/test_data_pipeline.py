@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors
 from trainer.data.encode import IGNORE
 from trainer.data.pipeline import build_datasets, fingerprint
 from trainer.data.readers import DataError
-from trainer.resolve.validate import Resolved, load_config
+from trainer.resolve.validate import load_config
 
 BOS, EOS = 1, 2
 

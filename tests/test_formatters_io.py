@@ -13,9 +13,10 @@ import pytest
 from plugins.formatters.input_output import InputOutput
 from plugins.formatters.pretokenized import Pretokenized
 from trainer.api import RowError
+from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors
 from trainer.data.encode import IGNORE, SegmentEncoder
-from trainer.resolve.validate import Resolved, load_config
+from trainer.resolve.validate import load_config
 
 BOS, EOS = 1, 2
 VOCAB = 259  # 3 special tokens + 256 bytes

@@ -5,10 +5,11 @@ Loads no model and no dataset; imports torch only when the config has `trainer_a
 
 from __future__ import annotations
 
+from trainer.api.resolved import Resolved
 from trainer.cli.common import config_parser, run
 from trainer.config.errors import dotted
 from trainer.resolve.memory import Unavailable, estimate
-from trainer.resolve.validate import Resolved, load_config
+from trainer.resolve.validate import load_config
 
 
 def summary(resolved: Resolved) -> list[str]:

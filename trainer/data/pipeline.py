@@ -18,12 +18,12 @@ from typing import Any
 
 from trainer import __version__
 from trainer.api import Formatter
+from trainer.api.resolved import Chosen, Resolved
 from trainer.config.errors import dotted
 from trainer.data.encode import Encoded
 from trainer.data.process import RowProcessor, process_rows
 from trainer.data.readers import DataError, Source
 from trainer.data.report import DataReport, DatasetCounts
-from trainer.resolve.validate import Chosen, Resolved
 
 FINGERPRINT_KEYS = (
     "datasets", "test_datasets", "sequence_len", "val_set_size", "seed", "on_bad_rows", "too_long",

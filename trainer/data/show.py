@@ -11,10 +11,10 @@ from itertools import islice
 from typing import Any
 
 from trainer.api import Formatter
+from trainer.api.resolved import Resolved
 from trainer.data.encode import IGNORE, Encoded
 from trainer.data.process import RowProcessor, process_rows
 from trainer.data.readers import Source
-from trainer.resolve.validate import Resolved
 
 GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.api import Adapter, Contribution
+from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.data.collate import PackedInputs
 from trainer.resolve.precision import accelerator_type
-from trainer.resolve.validate import Resolved, sft_config_fields
+from trainer.resolve.validate import sft_config_fields
 from trainer.runtime.launcher import CHECKED_ENV
 
 

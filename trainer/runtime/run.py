@@ -14,6 +14,7 @@ import sys
 import tempfile
 from typing import Any
 
+from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.outputs.checkpoints import newest_complete, resume_point
 from trainer.outputs.output_dir import (
@@ -22,7 +23,6 @@ from trainer.outputs.output_dir import (
     clear_previous_run,
     write_resolved,
 )
-from trainer.resolve.validate import Resolved
 from trainer.runtime.build import Built, build_trainer, plan
 from trainer.runtime.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
 from trainer.training import parallel
