@@ -25,6 +25,7 @@ class Eager(_Kernel):
 
     name = implementation = "eager"
     packed_inputs = "mask_4d"
+    keeps_scores = True
     additive_mask = True
 
 

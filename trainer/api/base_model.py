@@ -9,6 +9,7 @@ the memory estimate reads the same shapes. Nothing is downloaded and no tensor d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -208,16 +209,37 @@ def _shapes_in(find: Any, where: str) -> ModelShapes:
     )
 
 
+def _signature(folder: str) -> tuple[tuple[str, int, int], ...]:
+    """The folder's JSON and safetensors files with their sizes and modification times: the cache
+    key, so a model rewritten in place is read again."""
+    with os.scandir(folder) as entries:
+        return tuple(
+            sorted(
+                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                for e in entries
+                if e.name.endswith((".json", ".safetensors")) and e.is_file()
+            )
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _local_shapes(folder: str, signature: tuple[tuple[str, int, int], ...]) -> ModelShapes:
+    """Shapes of a local folder, read once per signature (validate reads them for the memory
+    estimate and for plugins' checks)."""
+
+    def local(name: str) -> str | None:
+        path = os.path.join(folder, name)
+        return path if os.path.isfile(path) else None
+
+    return _shapes_in(local, folder)
+
+
 def find_shapes(base_model: str) -> ModelShapes:
     """Shapes of `base_model` (a folder or a hub id in the local cache); raises Unavailable."""
     folder = os.path.expanduser(base_model)
     if os.path.isdir(folder):
-
-        def local(name: str) -> str | None:
-            path = os.path.join(folder, name)
-            return path if os.path.isfile(path) else None
-
-        return _shapes_in(local, folder)
+        shapes = _local_shapes(folder, _signature(folder))
+        return ModelShapes(dict(shapes.tensors), shapes.dtype_bytes, dict(shapes.config), shapes.source)
     try:
         from huggingface_hub import try_to_load_from_cache  # no torch import
     except ImportError:

@@ -225,11 +225,14 @@ class Attention(Plugin[OptionsT]):
     "mask_4d" (a block-diagonal 4D mask; `additive_mask` for kernels that add it to the scores) or
     "position_ids" (a flattened batch whose restarting position ids the kernel reads, as
     flash-attention's varlen path does). None: the kernel cannot isolate them, and
-    `sample_packing` is refused with it.
+    `sample_packing` is refused with it. `keeps_scores`: the kernel materialises each layer's
+    sequence x sequence attention scores for the backward pass (eager does; fused kernels do not),
+    which the memory estimate counts.
     """
 
     packed_inputs: ClassVar[str | None] = None
     additive_mask: ClassVar[bool] = False
+    keeps_scores: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)

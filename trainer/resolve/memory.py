@@ -159,10 +159,9 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
         notes.append("weights in CPU RAM, gathered a layer at a time (not counted)")
 
     act_bytes = 2 if (c.bf16 or c.fp16 or shapes.dtype_bytes == 2) else 4
-    attention = resolved.attention.entry.name
     activations = activation_bytes(
         shapes.config, c.sequence_len, c.micro_batch_size, act_bytes, c.gradient_checkpointing,
-        scores=attention == "eager",
+        scores=resolved.attention.plugin.keeps_scores,
     )  # fmt: skip
     if activations is None:
         notes.append("activations need hidden_size, num_hidden_layers, num_attention_heads in config.json")
