@@ -205,8 +205,13 @@ class Adapter(Plugin[OptionsT]):
 
     def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
         """Which tensors train and what the base weights cost, from the base model's shapes alone
-        (no torch). Used by the memory estimate; the default is full training of every weight."""
-        return full_training(base)
+        (no torch). Used by the memory estimate; the default counts every weight as trained, and
+        says so in the estimate's notes."""
+        training = full_training(base)
+        training.notes.append(
+            f"adapter '{self.name}' does not say what it trains (Adapter.training): counted as full training"
+        )
+        return training
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
         """Adjust the loaded model before it reaches SFTTrainer (default: unchanged)."""

@@ -1,5 +1,6 @@
-"""`python -m trainer.cli.merge RUN_DIR [--out DIR] [--dtype ...]`: fold a LoRA/DoRA/QLoRA run's adapter
-into its base model and write a standalone Hugging Face model (safetensors + the run's tokenizer).
+"""`python -m trainer.cli.merge RUN_DIR [--out DIR] [--dtype ...]`: fold an adapter run's
+adapter (LoRA, DoRA, QLoRA, IA3, ... any adapter PEFT can merge) into its base model and write a
+standalone Hugging Face model (safetensors + the run's tokenizer).
 
 The base model is the one named in the run's adapter_config.json, loaded unquantized in --dtype (for a
 QLoRA run: the adapter was trained against a 4-bit base and is merged into the full-precision weights,
@@ -22,8 +23,8 @@ from trainer.tools.merge import DTYPES, MergeError, check_out, default_out, insp
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.cli.merge",
-        description="Fold a LoRA / DoRA / QLoRA run's adapter into its base model and write a standalone "
-        "Hugging Face model (safetensors + the run's tokenizer + generation_config).",
+        description="Fold an adapter run's adapter (LoRA, DoRA, QLoRA, IA3, ...) into its base model and "
+        "write a standalone Hugging Face model (safetensors + the run's tokenizer + generation_config).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished adapter run (its output_dir)")
     p.add_argument(

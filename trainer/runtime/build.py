@@ -287,12 +287,16 @@ def train_new_token_rows(model: Any, peft_config: Any, owner: str) -> None:
     names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
     wanted = [names[inputs]] + ([names[outputs]] if outputs is not None else [])
     peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *wanted})
-    if (
-        outputs is not None
-        and outputs.weight is inputs.weight
-        and hasattr(peft_config, "ensure_weight_tying")
-    ):
-        peft_config.ensure_weight_tying = True
+    if outputs is not None and outputs.weight is inputs.weight:
+        if hasattr(peft_config, "ensure_weight_tying"):
+            peft_config.ensure_weight_tying = True
+        else:
+            print(
+                f"note: {owner}'s {type(peft_config).__name__} cannot keep the tied input and output "
+                "embeddings tied (PEFT has no ensure_weight_tying for it): they train as two copies, and "
+                "a merged model has untied embeddings",
+                file=sys.stderr,
+            )
 
 
 def packed_inputs_for(attention: Any, model_config: Any, sequence_len: int) -> PackedInputs:
@@ -393,6 +397,11 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
             ]
         )
     train, evals, collator = collated_datasets(resolved, data, model, tokenizer)
+    callbacks = list(merged.callbacks)  # in the constructor: they act at on_init_end
+    if merged.trainable_dtype is not None:
+        callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
+    if merged.convert_initialised_adapter:
+        callbacks.append(peft_support.ConvertToPlainAdapter())
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -400,7 +409,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=merged.peft_config,
-        callbacks=merged.callbacks or None,
+        callbacks=callbacks or None,
         data_collator=merged.data_collator or collator,
         save_total_limit=config.save_total_limit,
         watchdog={
@@ -410,10 +419,6 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         },
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
-    if merged.trainable_dtype is not None:
-        trainer.add_callback(peft_support.KeepTrainableDtype(merged.trainable_dtype))
-    if merged.convert_initialised_adapter:
-        trainer.add_callback(peft_support.ConvertToPlainAdapter())
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
         trainer.add_callback(TokenProgress())
     trainer.add_callback(PeakMemory())
