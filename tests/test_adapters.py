@@ -348,3 +348,30 @@ def test_target_modules_of_a_model_not_on_this_machine_are_left_to_peft():
     from plugins.adapters.lora import unmatched_targets
 
     assert unmatched_targets(["qproj"], "some-org/not-downloaded-model") == []  # nothing is fetched
+
+
+def test_added_tokens_train_under_any_peft_config_or_are_refused(tiny_model: Path, capsys: Any) -> None:
+    """The core makes the embeddings of added tokens trainable for any adapter's PEFT config that has
+    modules_to_save; one that has none is refused, and one that cannot keep tied embeddings tied
+    says so."""
+    from types import SimpleNamespace
+
+    from peft import IA3Config, LoraConfig, PromptTuningConfig
+    from transformers import AutoModelForCausalLM
+
+    from trainer.runtime.build import train_new_token_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    lora = LoraConfig(target_modules=["q_proj"])
+    train_new_token_rows(model, lora, "adapters plugin 'lora'")
+    assert set(lora.modules_to_save) == {"embed_tokens", "lm_head"} and lora.ensure_weight_tying
+    ia3 = IA3Config(target_modules=["v_proj"], feedforward_modules=[])
+    train_new_token_rows(model, ia3, "adapters plugin 'ia3'")
+    assert set(ia3.modules_to_save) == {"embed_tokens", "lm_head"}
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert ("cannot keep the tied input and output embeddings tied" in capsys.readouterr().err) == tied
+    for config in (PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), SimpleNamespace()):
+        if hasattr(config, "modules_to_save"):
+            continue  # this PEFT version gives prompt tuning modules_to_save: nothing to refuse
+        with pytest.raises(ConfigErrors, match="cannot train whole modules"):
+            train_new_token_rows(model, config, "adapters plugin 'x'")

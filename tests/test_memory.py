@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,87 @@ def test_estimate_within_10_percent_of_one_real_step(tiny_model, toy_data, tmp_p
     est = estimate(resolved)
     guess = est.weights + est.gradients + est.optimizer
     assert guess == pytest.approx(real, rel=0.10), (guess, real)
+
+
+# ---- adapters say what they train (Adapter.training) --------------------------------------------
+
+
+def test_qlora_base_is_4bit_linears_and_fp32_rest(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """NF4 with double quantization: 0.5 byte + 1/64 (8-bit absmax) + 4/(64*256) (fp32 absmax of
+    absmaxes) per linear weight; norms and embeddings in fp32 (prepare_model_for_kbit_training)."""
+    pytest.importorskip("bitsandbytes")
+    shapes = find_shapes(str(fake))
+    linear = {f"{m}.weight" for m in shapes.linears()}
+    n_linear = sum(math.prod(s) for n, s in shapes.tensors.items() if n in linear)
+    n_rest = shapes.num_params - n_linear
+    lora = estimate(resolve(tmp_path, fake, data, adapter={"type": "lora", "r": 8}))
+    for double, per_value in ((True, 0.5 + 1 / 64 + 4 / (64 * 256)), (False, 0.5 + 4 / 64)):
+        qlora = estimate(
+            resolve(tmp_path, fake, data, adapter={"type": "qlora", "r": 8, "double_quant": double})
+        )
+        adapters = 4 * qlora.trainable
+        assert qlora.weights == pytest.approx(n_linear * per_value + 4 * n_rest + adapters)
+        assert qlora.trainable == lora.trainable and qlora.optimizer == lora.optimizer
+    eight_bit = estimate(
+        resolve(tmp_path, fake, data, adapter={"type": "lora", "r": 8, "load_in_8bit": True})
+    )
+    rows = sum(s[0] for n, s in shapes.tensors.items() if n in linear)
+    assert eight_bit.weights == pytest.approx(n_linear + 4 * rows + 4 * n_rest + 4 * lora.trainable)
+
+
+def test_an_adapter_that_does_not_say_is_counted_as_full_training_and_says_so(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    from trainer.api import Adapter, BaseModelInfo, TrainConfig, TrainedTensor, Training
+
+    resolved = resolve(tmp_path, fake, data)
+    full = estimate(resolved)
+
+    class Silent(Adapter):
+        name = "silent"
+
+    silent = estimate(
+        dataclasses.replace(
+            resolved, chosen={**resolved.chosen, "adapter": replace_plugin(resolved, Silent())}
+        )
+    )
+    assert silent.trainable == full.trainable
+    assert any("'silent' does not say what it trains" in note for note in silent.notes)
+
+    class OneVector(Adapter):
+        name = "one_vector"
+
+        def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
+            return Training(
+                [TrainedTensor("scale", (512,), 4, added=True)], base.num_params * base.dtype_bytes
+            )
+
+    one = estimate(
+        dataclasses.replace(
+            resolved, chosen={**resolved.chosen, "adapter": replace_plugin(resolved, OneVector())}
+        )
+    )
+    assert one.trainable == 512 and one.total_params == full.total_params + 512
+    assert one.weights == full.weights + 4 * 512 and one.optimizer == 8 * 512
+
+
+def replace_plugin(resolved: Any, plugin: Any) -> Any:
+    return dataclasses.replace(resolved.adapter, plugin=plugin)
+
+
+def test_galore_keeps_optimizer_state_on_projections(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """AdamW on rank-r projections of each targeted matrix (two fp32 moments on r x big) plus the
+    fp32 projector (small x r); untargeted tensors keep full AdamW state."""
+    rank = 16
+    keys = {
+        "adapter": {"type": "galore", "rank": rank, "target_modules": ["q_proj"]},
+        "optimizer": "galore_adamw",
+    }
+    est = estimate(resolve(tmp_path, fake, data, **keys))
+    shapes = find_shapes(str(fake))
+    expected = 0.0
+    for name, shape in shapes.tensors.items():
+        if name.endswith("q_proj.weight"):
+            small, big = sorted(shape)
+            expected += small * rank * 4 + 2 * 4 * rank * big
+        else:
+            expected += 8 * math.prod(shape)
+    assert est.optimizer == pytest.approx(expected)
