@@ -22,16 +22,9 @@ from trainer.runtime.launcher import CHECKED_ENV
 
 
 @dataclass
-class Merged:
-    """All contributions merged, with who set what (for conflict messages)."""
+class Merged(Contribution):
+    """All contributions merged into one, with who set what (for conflict messages)."""
 
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    sft_args: dict[str, Any] = field(default_factory=dict)
-    peft_config: Any = None
-    callbacks: list[Any] = field(default_factory=list)
-    data_collator: Any = None
-    trainable_dtype: str | None = None
-    convert_initialised_adapter: bool = False
     owners: dict[str, str] = field(default_factory=dict)
 
 
