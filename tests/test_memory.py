@@ -180,9 +180,17 @@ def test_a_third_party_backend_states_its_sharding(tmp_path, fake, data) -> None
 BACKENDS = {
     "ddp": ({"type": "ddp"}, {}),
     "zero0": ({"type": "deepspeed", "stage": 0}, {}),
-    "zero1": ({"type": "deepspeed", "stage": 1}, {"optimizer": 4}),
-    "zero2": ({"type": "deepspeed", "stage": 2}, {"optimizer": 4, "gradients": 4}),
-    "zero3": ({"type": "deepspeed", "stage": 3}, {"optimizer": 4, "gradients": 4, "weights": 4}),
+    "zero1": ({"type": "deepspeed", "stage": 1}, {"optimizer": 4}, {"weights": "fp32"}),
+    "zero2": (
+        {"type": "deepspeed", "stage": 2},
+        {"optimizer": 4, "gradients": 4},
+        {"weights": "fp32", "gradients": "largest"},
+    ),
+    "zero3": (
+        {"type": "deepspeed", "stage": 3},
+        {"optimizer": 4, "gradients": 4, "weights": 4},
+        {"weights": "fp32"},
+    ),
     "zero2-offload": (
         {"type": "deepspeed", "stage": 2, "offload_optimizer": "cpu"},
         {"optimizer": 0, "gradients": 4},
@@ -192,7 +200,11 @@ BACKENDS = {
         {"optimizer": 0, "gradients": 4, "weights": 0},
     ),
     "fsdp-full_shard": ({"type": "fsdp"}, {"optimizer": 4, "gradients": 4, "weights": 4}),
-    "fsdp-shard_grad_op": ({"type": "fsdp", "sharding": "shard_grad_op"}, {"optimizer": 4, "gradients": 4}),
+    "fsdp-shard_grad_op": (
+        {"type": "fsdp", "sharding": "shard_grad_op"},
+        {"optimizer": 4, "gradients": 4},
+        {"weights": "shard"},
+    ),
     "fsdp1-no_shard": ({"type": "fsdp", "version": 1, "sharding": "no_shard"}, {}),
     "fsdp1-hybrid_shard": (
         {"type": "fsdp", "version": 1, "sharding": "hybrid_shard", "nnodes": 2},
@@ -204,7 +216,11 @@ BACKENDS = {
     ),
 }
 """Each built-in backend with 4 processes per node: what a process holds of each part of the model
-state, as the ZeRO paper's stages say (K: part / K; 0: not on the device; absent: the whole)."""
+state, as the ZeRO paper's stages say (K: part / K; 0: not on the device; absent: the whole), and
+what it holds besides (measured in tests/test_memory_distributed.py): "fp32", DeepSpeed's fp32 copy of
+its partition of the weights (4 bytes x Psi / 4); "largest", ZeRO-2's whole gradient of a tensor its
+flat partition's boundary cuts (the largest); "shard", FSDP SHARD_GRAD_OP's shard beside the whole
+weights (weights / 4)."""
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -215,16 +231,38 @@ def test_every_backend_divides_model_state_as_its_zero_stage(tmp_path, fake, dat
     (whole weights through forward and backward), no_shard DDP, hybrid_shard stage 3 within one node;
     offloaded parts are off the device. Before, every DeepSpeed stage showed optimizer 0 (`"none"` read
     as true) and shard_grad_op counted as stage 3 (the option's name misread)."""
-    block, divided = BACKENDS[backend]
+    block, divided, *rest = BACKENDS[backend]
+    besides = rest[0] if rest else {}
     if block["type"] == "deepspeed":
         pytest.importorskip("deepspeed")
     replica = estimate(resolve(tmp_path, fake, data, distributed={"type": "ddp", "num_processes": 4}))
     assert replica.optimizer > 0 and replica.gradients > 0 and replica.weights > 0
+    extra = {
+        "fp32": 4 * replica.trainable / 4,
+        "largest": 4 * max(math.prod(s) for s in find_shapes(str(fake)).tensors.values()),
+        "shard": replica.weights / 4,
+    }
     est = estimate(resolve(tmp_path, fake, data, distributed={**block, "num_processes": 4}))
     for part in ("weights", "gradients", "optimizer"):
         factor = divided.get(part, 1)
         want = 0.0 if factor == 0 else getattr(replica, part) / factor
+        want += extra[besides[part]] if part in besides else 0.0
         assert getattr(est, part) == pytest.approx(want), (backend, part)
+
+
+def test_deepspeed_mixed_precision_is_the_zero_papers_2_2_k(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """Under bf16 DeepSpeed casts the module to 16-bit and its ZeRO optimizer steps fp32 partitions:
+    2 bytes of weights + 2 of gradients + K = 12 of Adam state (fp32 copy, momentum, variance) per
+    parameter, the ZeRO paper's accounting (sec. 3.1); stage 3 divides all of it by the processes.
+    Measured in tests/test_memory_distributed.py (zero2-bf16, zero3-bf16)."""
+    pytest.importorskip("deepspeed")
+    n = find_shapes(str(fake)).num_params
+    zero3 = {"type": "deepspeed", "stage": 3, "num_processes": 4}
+    est = estimate(resolve(tmp_path, fake, data, bf16=True, distributed=zero3))
+    assert (est.weights, est.gradients, est.optimizer) == pytest.approx((6 * n / 4, 2 * n / 4, 8 * n / 4))
+    zero1 = {"type": "deepspeed", "stage": 1, "num_processes": 4}
+    est = estimate(resolve(tmp_path, fake, data, bf16=True, distributed=zero1))
+    assert (est.weights, est.gradients, est.optimizer) == pytest.approx((2 * n + n, 2 * n, 8 * n / 4))
 
 
 def test_shards_formula_and_hub_cache_agree(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter, adapter_name, has_cuda
+from plugins.distributed.launch import (
+    BackendSharding,
+    Launched,
+    LaunchOptions,
+    adapter,
+    adapter_name,
+    has_cuda,
+)
 from trainer.api import OPTIMIZERS, Contribution, Sharding, TrainConfig
 
 AUTO: Literal["auto"] = "auto"
@@ -163,13 +170,14 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
             offload_param = (zero.get("offload_param") or {}).get("device", "none")
         else:
             stage, offload_optimizer, offload_param = opts.stage, opts.offload_optimizer, opts.offload_param
-        return Sharding(
+        return BackendSharding(
             weights=stage >= 3,
             gradients=stage >= 2,
             optimizer=stage >= 1,
             over=self.world_size(),
             optimizer_offloaded=offload_optimizer != "none",
             weights_offloaded=offload_param != "none",
+            fp32_partitions=stage >= 1,  # the ZeRO optimizer's (stage 0 has none; not measured)
         )
 
     def init_processes(self) -> None:

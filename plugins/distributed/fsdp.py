@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter_name, has_cuda
+from plugins.distributed.launch import BackendSharding, Launched, LaunchOptions, adapter_name, has_cuda
 from trainer.api import Contribution, Sharding, TrainConfig
 
 
@@ -108,16 +108,18 @@ class Fsdp(Launched[FsdpOptions]):
 
     def sharding(self) -> Sharding:
         """full_shard = ZeRO-3; shard_grad_op = ZeRO-2 (whole weights held through forward and
-        backward); no_shard = DDP; hybrid_shard = full_shard within a node, replicated across nodes.
-        cpu_offload keeps the sharded weights and the optimizer state in CPU RAM."""
+        backward, and their shard besides: `resting_shard`); no_shard = DDP; hybrid_shard = full_shard
+        within a node, replicated across nodes. cpu_offload keeps the sharded weights and the optimizer
+        state in CPU RAM."""
         sharding = self.options.sharding
-        return Sharding(
+        return BackendSharding(
             weights=sharding in ("full_shard", "hybrid_shard"),
             gradients=sharding != "no_shard",
             optimizer=sharding != "no_shard",
             over=self.options.num_processes if sharding == "hybrid_shard" else self.world_size(),
             optimizer_offloaded=self.options.cpu_offload,
             weights_offloaded=self.options.cpu_offload,
+            resting_shard=sharding == "shard_grad_op",
         )
 
     def fsdp_config(self) -> dict[str, object]:

@@ -37,7 +37,21 @@ memory) with the breakdown of its reference 1 (huggingface.co/docs/transformers/
   s = sequence_len (the longest a row may be), b = micro_batch_size.
 * sharding: what the distributed plugin's `sharding()` says (`trainer.api.Sharding`): ZeRO stage 1
   divides optimizer states by the processes, 2 also gradients, 3 also weights; DDP divides nothing;
-  offloaded optimizer state or weights are not on the device.
+  offloaded optimizer state or weights are not on the device. Two copies beside that split, which the
+  built-in backends state (`fp32_partitions`, `resting_shard` in plugins/distributed/launch.py's
+  `BackendSharding`) and 2-process runs measured (tests/test_memory_distributed.py):
+  - DeepSpeed's ZeRO optimizer (stages 1-3) steps an fp32 copy of each process's 1/N partition of the
+    trainable weights, made in every precision: + 4 bytes per trainable parameter / N in weights (the
+    ZeRO paper, Rajbhandari et al. 2020, sec. 3.1, counts it in its K = 12 bytes of mixed-precision
+    Adam state: fp32 copy, momentum, variance). Under bf16/fp16 DeepSpeed casts the module itself
+    to 16-bit, so weights and gradients are 2 bytes (the paper's 2 + 2 + K), with no autocast copy;
+    the optimizer's moments are fp32. ZeRO-2 cuts the gradient partitions from the flattened weights,
+    and a tensor that a partition boundary cuts has its whole gradient in each partition that holds
+    part of it (stage_1_and_2.py `grads_in_partition`): + the largest trainable tensor's gradient.
+  - FSDP SHARD_GRAD_OP gathers the whole weights for the forward and keeps them through the backward,
+    beside each process's 1/N shard (the weights the optimizer steps): whole weights + 1/N.
+  FSDP full_shard holds only its shards between units; the unit gathered at a time (and the root
+  unit, embeddings and final norm, kept gathered from the forward through the backward) are temporary.
 
 Not counted: CUDA context and allocator slack, temporary buffers, the eval pass.
 """
@@ -117,23 +131,38 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     notes: list[str] = [f"shapes from {shapes.source}", *training.notes]
     trainable = training.trainable
     added = [t for t in trainable if t.added]
-    weights = training.base_weight_bytes + sum(numel(t.shape) * t.bytes_per_value for t in added)
+    stored = training.base_weight_bytes + sum(numel(t.shape) * t.bytes_per_value for t in added)
+    weights = stored
     mixed = (c.bf16 or c.fp16) and shapes.dtype_bytes == 4
     optimizer_row = OPTIMIZERS[c.optimizer]
     n_train = sum(numel(t.shape) for t in trainable)
-    if mixed:  # the 16-bit working copy autocast keeps of each fp32 trainable weight
+    sharding = resolved.distributed.plugin.sharding()
+    over = max(1, sharding.over)
+    # Copies beside the ZeRO split that a backend states (BackendSharding; see the module docstring).
+    fp32_partitions = bool(getattr(sharding, "fp32_partitions", False))
+    resting_shard = bool(getattr(sharding, "resting_shard", False))
+    # DeepSpeed casts the module to 16-bit under bf16/fp16 (quantized weights stay as they are).
+    cast = fp32_partitions and mixed and resolved.adapter.plugin.quantized_bits() is None
+
+    def grad_bytes(t: Any) -> float:
+        return 2 if cast else t.bytes_per_value
+
+    if cast:
+        weights = stored / 2  # an fp32 checkpoint (mixed), held in 16-bit
+    elif mixed:  # the 16-bit working copy autocast keeps of each fp32 trainable weight
         weights += 2 * sum(numel(t.shape) for t in trainable if t.bytes_per_value == 4)
-    gradients = sum(numel(t.shape) * t.bytes_per_value for t in trainable)
+    gradients = sum(numel(t.shape) * grad_bytes(t) for t in trainable)
+    largest_gradient = max((numel(t.shape) * grad_bytes(t) for t in trainable), default=0.0)
     if optimizer_row.fused_backward:
         gradients = 0.0
     elif optimizer_row.layerwise:
-        gradients = max((numel(t.shape) * t.bytes_per_value for t in trainable), default=0.0)
+        gradients = largest_gradient
     momentum = _momentum(c)
     optimizer = sum(
         state_bytes(
             c.optimizer,
             t.shape,
-            t.bytes_per_value,
+            4 if fp32_partitions else t.bytes_per_value,  # DeepSpeed steps fp32 partitions
             embedding=t.embedding,
             projected_rank=t.projected_rank,
             momentum=momentum,
@@ -141,8 +170,6 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
         for t in trainable
     )
 
-    sharding = resolved.distributed.plugin.sharding()
-    over = max(1, sharding.over)
     if sharding.optimizer:
         optimizer /= over
     if sharding.gradients:
@@ -151,6 +178,14 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
         weights /= over
     if sharding.stage:
         notes.append(f"ZeRO stage {sharding.stage} over {over} processes")
+    if fp32_partitions and not sharding.optimizer_offloaded:
+        weights += 4 * n_train / over
+        notes.append("DeepSpeed's fp32 copy of this process's partition of the trainable weights")
+        if sharding.gradients and not sharding.weights and gradients:
+            gradients += largest_gradient  # a tensor cut by the flat partition's boundary, whole
+    if resting_shard and not sharding.weights_offloaded:
+        weights += stored / over
+        notes.append("whole weights through forward and backward, and this process's shard besides")
     if sharding.optimizer_offloaded:
         optimizer = 0.0
         notes.append("optimizer state in CPU RAM")
