@@ -461,3 +461,16 @@ def test_galore_keeps_optimizer_state_on_projections(tmp_path, fake, data) -> No
         else:
             expected += 8 * math.prod(shape)
     assert est.optimizer == pytest.approx(expected)
+
+
+def test_added_tokens_under_an_adapter_count_the_embedding_copies(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """Under LoRA, added tokens make the core train the embeddings as full copies (tied: one)."""
+    plain = estimate(resolve(tmp_path, fake, data, adapter={"type": "lora", "r": 8}))
+    tokens = estimate(resolve(tmp_path, fake, data, adapter={"type": "lora", "r": 8}, tokens=["<tool>"]))
+    vocab, h = LLAMA["vocab_size"], LLAMA["hidden_size"]
+    copies = vocab * h * (1 if LLAMA.get("tie_word_embeddings") else 2)
+    assert tokens.trainable == plain.trainable + copies
+    assert tokens.weights == pytest.approx(plain.weights + 4 * copies)
+    assert any("embeddings train in full" in note for note in tokens.notes)
+    full = estimate(resolve(tmp_path, fake, data, tokens=["<tool>"]))  # full training: nothing extra
+    assert full.trainable == find_shapes(str(fake)).num_params

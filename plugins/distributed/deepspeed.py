@@ -29,7 +29,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from plugins.distributed.launch import (
-    BackendSharding,
     Launched,
     LaunchOptions,
     adapter,
@@ -170,7 +169,7 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
             offload_param = (zero.get("offload_param") or {}).get("device", "none")
         else:
             stage, offload_optimizer, offload_param = opts.stage, opts.offload_optimizer, opts.offload_param
-        return BackendSharding(
+        return Sharding(
             weights=stage >= 3,
             gradients=stage >= 2,
             optimizer=stage >= 1,

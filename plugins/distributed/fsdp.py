@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import BackendSharding, Launched, LaunchOptions, adapter_name, has_cuda
+from plugins.distributed.launch import Launched, LaunchOptions, adapter_name, has_cuda
 from trainer.api import Contribution, Sharding, TrainConfig
 
 
@@ -112,7 +112,7 @@ class Fsdp(Launched[FsdpOptions]):
         within a node, replicated across nodes. cpu_offload keeps the sharded weights and the optimizer
         state in CPU RAM."""
         sharding = self.options.sharding
-        return BackendSharding(
+        return Sharding(
             weights=sharding in ("full_shard", "hybrid_shard"),
             gradients=sharding != "no_shard",
             optimizer=sharding != "no_shard",

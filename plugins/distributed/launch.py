@@ -9,33 +9,11 @@ on the command line (`distributed.node_rank=1`) wins over the environment, which
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
-from trainer.api import Adapter, ConfigErrors, Distributed, Options, Problem, Sharding, TrainConfig
-
-
-@dataclass(frozen=True)
-class BackendSharding(Sharding):
-    """`Sharding` plus the copies of the weights a built-in backend keeps beside its ZeRO-stage split,
-    measured in real 2-process runs (tests/test_memory_distributed.py). The memory estimate reads these
-    two attributes when a backend's `sharding()` has them (a plain `Sharding` has neither: no copy)."""
-
-    fp32_partitions: bool = False
-    """DeepSpeed's ZeRO optimizer (stages 1-3): the module is cast to the training dtype (16-bit under
-    bf16/fp16), so the weights and their gradients are held in it, and the optimizer steps an fp32
-    copy of this process's 1/over partition of the trainable weights, made in every precision (fp32
-    too): deepspeed/runtime/zero/stage_1_and_2.py `single_partition_of_fp32_groups`, stage3.py
-    `fp32_partitioned_groups_flat`. The ZeRO paper (Rajbhandari et al. 2020, sec. 3.1) counts that
-    copy in its K = 12 bytes of mixed-precision Adam state. Stages 1-2 cut the partitions from the
-    flattened weights; a tensor a boundary cuts keeps its whole gradient in each partition holding
-    part of it (`grads_in_partition` is sized by `params_in_partition`)."""
-    resting_shard: bool = False
-    """FSDP SHARD_GRAD_OP: the weights are whole from the forward through the backward pass (gathered)
-    and kept as this process's 1/over shard besides (the shard is what the optimizer steps, in the
-    checkpoint's dtype): each process holds the whole weights plus its shard."""
+from trainer.api import Adapter, ConfigErrors, Distributed, Options, Problem, TrainConfig
 
 
 class LaunchOptions(Options):

@@ -254,6 +254,19 @@ class Sharding:
     """Processes the sharded parts are split over (the world size, or one node's for hybrid)."""
     optimizer_offloaded: bool = False
     weights_offloaded: bool = False
+    fp32_partitions: bool = False
+    """DeepSpeed's ZeRO optimizer (stages 1-3): the module is cast to the training dtype (16-bit under
+    bf16/fp16), so the weights and their gradients are held in it, and the optimizer steps an fp32
+    copy of this process's 1/over partition of the trainable weights, made in every precision (fp32
+    too): deepspeed/runtime/zero/stage_1_and_2.py `single_partition_of_fp32_groups`, stage3.py
+    `fp32_partitioned_groups_flat`. The ZeRO paper (Rajbhandari et al. 2020, sec. 3.1) counts that
+    copy in its K = 12 bytes of mixed-precision Adam state. Stages 1-2 cut the partitions from the
+    flattened weights; a tensor a boundary cuts keeps its whole gradient in each partition holding
+    part of it (`grads_in_partition` is sized by `params_in_partition`)."""
+    resting_shard: bool = False
+    """FSDP SHARD_GRAD_OP: the weights are whole from the forward through the backward pass (gathered)
+    and kept as this process's 1/over shard besides (the shard is what the optimizer steps, in the
+    checkpoint's dtype): each process holds the whole weights plus its shard."""
 
     @property
     def stage(self) -> int:

@@ -25,8 +25,9 @@ memory) with the breakdown of its reference 1 (huggingface.co/docs/transformers/
   GaLore keeps its states on rank-r projections of each targeted matrix.
   So mixed-precision AdamW = 4 + 2 + 4 + 8 = 18 bytes per trainable parameter (the seed's number),
   fp32 AdamW = 16, 8-bit AdamW mixed = 10 + ~2.03.
-* LoRA: only adapter parameters train: r*(in+out) per targeted linear (`all-linear` = every
-  linear except the output layer, as PEFT), in fp32 (PEFT upcasts adapters); DoRA adds `out`.
+* what trains and what the base weighs: the adapter says (`Adapter.training`): full training
+  counts every weight; LoRA r*(in+out) per targeted linear in fp32 (PEFT upcasts adapters), DoRA
+  adds `out`; QLoRA and 8-bit bases count their quantized linears; GaLore its projections.
 * activations: Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", eq. 1): per layer s*b*h*34 + 5*a*s^2*b bytes in 16-bit, with the MLP's 16*s*b*h (for
   an intermediate of 4h) replaced by 4*s*b*I for the model's intermediate size I, so
@@ -37,9 +38,9 @@ memory) with the breakdown of its reference 1 (huggingface.co/docs/transformers/
   s = sequence_len (the longest a row may be), b = micro_batch_size.
 * sharding: what the distributed plugin's `sharding()` says (`trainer.api.Sharding`): ZeRO stage 1
   divides optimizer states by the processes, 2 also gradients, 3 also weights; DDP divides nothing;
-  offloaded optimizer state or weights are not on the device. Two copies beside that split, which the
-  built-in backends state (`fp32_partitions`, `resting_shard` in plugins/distributed/launch.py's
-  `BackendSharding`) and 2-process runs measured (tests/test_memory_distributed.py):
+  offloaded optimizer state or weights are not on the device. Two copies beside that split, which a
+  backend states (`Sharding.fp32_partitions`, `Sharding.resting_shard`) and 2-process runs measured
+  (tests/test_memory_distributed.py):
   - DeepSpeed's ZeRO optimizer (stages 1-3) steps an fp32 copy of each process's 1/N partition of the
     trainable weights, made in every precision: + 4 bytes per trainable parameter / N in weights (the
     ZeRO paper, Rajbhandari et al. 2020, sec. 3.1, counts it in its K = 12 bytes of mixed-precision
@@ -70,6 +71,7 @@ from trainer.api.base_model import (
     numel,
     positive_size,
 )
+from trainer.api.contract import TrainedTensor
 from trainer.config.optimizers import OPTIMIZERS, state_bytes
 
 GIB = 1024**3
@@ -122,6 +124,22 @@ def _momentum(config: Any) -> bool:
     return bool(match and float(match.group(1)) != 0)
 
 
+EMBEDDING_NAMES = re.compile(r"(embed_tokens|wte|embed_in)\.weight$|^lm_head\.weight$|embed_out\.weight$")
+
+
+def new_token_copies(base: BaseModelInfo, config: Any, trainable: list[TrainedTensor]) -> list[TrainedTensor]:
+    """Tokens added under a PEFT adapter (one that adds tensors): the core trains the input and output
+    embeddings as full copies saved with the adapter (trainer.runtime.build.train_new_token_rows);
+    tied ones are one copy, as the model's shapes list them once."""
+    if not (config.tokens or config.special_tokens) or not any(t.added for t in trainable):
+        return []
+    return [
+        TrainedTensor(name, shape, base.dtype_bytes, added=True, embedding=True)
+        for name, shape in base.tensors.items()
+        if EMBEDDING_NAMES.search(name)
+    ]
+
+
 def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     """Memory per device for a resolved config; raises Unavailable."""
     c = resolved.config
@@ -129,7 +147,11 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     base = BaseModelInfo(dict(shapes.tensors), dict(shapes.config), shapes.source, shapes.dtype_bytes)
     training = resolved.adapter.plugin.training(base, c)
     notes: list[str] = [f"shapes from {shapes.source}", *training.notes]
-    trainable = training.trainable
+    trainable = training.trainable + new_token_copies(base, c, training.trainable)
+    if len(trainable) > len(training.trainable):
+        notes.append(
+            "tokens: the embeddings train in full beside the adapter (counted as if every token is new)"
+        )
     added = [t for t in trainable if t.added]
     stored = training.base_weight_bytes + sum(numel(t.shape) * t.bytes_per_value for t in added)
     weights = stored
@@ -138,9 +160,8 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     n_train = sum(numel(t.shape) for t in trainable)
     sharding = resolved.distributed.plugin.sharding()
     over = max(1, sharding.over)
-    # Copies beside the ZeRO split that a backend states (BackendSharding; see the module docstring).
-    fp32_partitions = bool(getattr(sharding, "fp32_partitions", False))
-    resting_shard = bool(getattr(sharding, "resting_shard", False))
+    # Copies beside the ZeRO split that a backend states (Sharding; see the module docstring).
+    fp32_partitions, resting_shard = sharding.fp32_partitions, sharding.resting_shard
     # DeepSpeed casts the module to 16-bit under bf16/fp16 (quantized weights stay as they are).
     cast = fp32_partitions and mixed and resolved.adapter.plugin.quantized_bits() is None
 
