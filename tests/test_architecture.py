@@ -223,3 +223,17 @@ def test_setup_registers_only_known_kinds() -> None:
     setup = (REPO / "setup.py").read_text(encoding="utf-8")
     groups = set(re.findall(r'"trainer\.([a-z_]+)": \[', setup))
     assert groups and groups <= set(KINDS)
+
+
+def test_setup_packages_every_core_and_plugin_folder() -> None:
+    """A non-editable `pip install .` ships only what find_packages finds: a folder of modules with no
+    __init__.py (trainer/config had none) would be left out of the wheel."""
+    from setuptools import find_packages
+
+    found = set(find_packages(str(REPO), include=["trainer", "trainer.*", "plugins", "plugins.*"]))
+    folders = {
+        ".".join(path.parent.relative_to(REPO).parts)
+        for top in ("trainer", "plugins")
+        for path in (REPO / top).rglob("*.py")
+    }
+    assert folders - found == set()
