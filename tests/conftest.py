@@ -58,6 +58,25 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/plugin-package pip-installed (its code and its .dist-info entry-point metadata) into a
+    directory of its own, once per session; put it on sys.path or PYTHONPATH to use the plugins."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("plugin-package")
+    source = root / "src"  # a copy, so that build/ and *.egg-info never land in the repository
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "runs")
+    shutil.copytree(REPO / "examples" / "plugin-package", source, ignore=ignore)
+    site = root / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(site), str(source)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return site
+
+
 @pytest.fixture
 def write_config(tmp_path: Path):
     """Write a YAML config (dedented) to tmp_path and return its path."""

@@ -50,18 +50,10 @@ def _forget_package() -> None:
 
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def plugin_site(example_plugin_site: Path) -> Iterator[Path]:
     """The package pip-installed into a temporary directory, importable and registered (through its
     real entry-point metadata) in this process while this module runs."""
-    root = tmp_path_factory.mktemp("plugin-package-adapter")
-    source = root / "src"  # a copy, so that build/ and *.egg-info never land in the repository
-    shutil.copytree(PACKAGE, source, ignore=IGNORE)
-    site = root / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(source)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    site = example_plugin_site
     _forget_package()
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(site))

@@ -29,19 +29,10 @@ WriteConfig = Callable[..., Path]  # the conftest fixture `write_config`
 
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plugin_site(example_plugin_site: Path) -> Path:
     """A directory holding the installed package (its code and its .dist-info metadata)."""
-    root = tmp_path_factory.mktemp("plugin-package")
-    source = root / "src"  # a copy, so that build/ and *.egg-info never land in the repository
-    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = root / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(source)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    assert (site / "trainer_plugin_example-0.1.0.dist-info" / "entry_points.txt").is_file()
-    return site
+    assert (example_plugin_site / "trainer_plugin_example-0.1.0.dist-info" / "entry_points.txt").is_file()
+    return example_plugin_site
 
 
 def cli(site: Path, command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
