@@ -403,6 +403,11 @@ def test_qlora_base_is_4bit_linears_and_fp32_rest(tmp_path, fake, data) -> None:
     )
     rows = sum(s[0] for n, s in shapes.tensors.items() if n in linear)
     assert eight_bit.weights == pytest.approx(n_linear + 4 * rows + 4 * n_rest + 4 * lora.trainable)
+    # a 16-bit checkpoint: prepare_model_for_kbit_training still puts the rest in fp32
+    bf16 = fake_checkpoint(tmp_path / "bf16", {**LLAMA, "dtype": "bfloat16"}, dtype="BF16")
+    assert find_shapes(str(bf16)).dtype_bytes == 2
+    keys = {"adapter": {"type": "lora", "r": 8, "load_in_8bit": True}}
+    assert estimate(resolve(tmp_path, bf16, data, **keys)).weights == pytest.approx(eight_bit.weights)
 
 
 def test_an_adapter_that_does_not_say_is_counted_as_full_training_and_says_so(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field
@@ -88,6 +89,19 @@ def targeted_linears(targets: list[str] | str, base: BaseModelInfo) -> dict[str,
     if isinstance(targets, str):
         return {m: s for m, s in linears.items() if re.fullmatch(targets, m)}
     return {m: s for m, s in linears.items() if any(base.selects_module(m, t) for t in targets)}
+
+
+def kbit_base_bytes(base: BaseModelInfo, linear_bytes: Callable[[tuple[int, ...]], float]) -> float:
+    """A base loaded quantized by bitsandbytes and prepared by PEFT's prepare_model_for_kbit_training:
+    each linear weight costs `linear_bytes(shape)`, every other weight (norms, embeddings) 4 bytes per
+    value, as the preparation upcasts them to fp32."""
+    linear = {f"{module}.weight" for module in base.linear_layers()}
+    return float(
+        sum(
+            linear_bytes(shape) if name in linear else 4 * math.prod(shape)
+            for name, shape in base.tensors.items()
+        )
+    )
 
 
 def _is_regex(target: list[str] | str) -> bool:
@@ -190,16 +204,10 @@ class Lora(Adapter[LoraOptionsT]):
 
     def base_weight_bytes(self, base: BaseModelInfo, config: TrainConfig) -> float:
         """The base as loaded: with load_in_8bit each linear weight is 1 byte plus an fp32 scale per
-        row (bitsandbytes LLM.int8), everything else in its own dtype."""
+        row (bitsandbytes LLM.int8), everything else as kbit_base_bytes says."""
         if not self.options.load_in_8bit:
             return float(base.num_params * base.dtype_bytes)
-        linear = {f"{module}.weight" for module in base.linear_layers()}
-        return float(
-            sum(
-                math.prod(shape) + 4 * shape[0] if name in linear else math.prod(shape) * base.dtype_bytes
-                for name, shape in base.tensors.items()
-            )
-        )
+        return kbit_base_bytes(base, lambda shape: math.prod(shape) + 4 * shape[0])
 
     def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
         """Only the adapters train: r*(in+out) per targeted linear, in fp32 (PEFT upcasts them), plus

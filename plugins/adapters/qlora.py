@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.adapters.lora import Lora, LoraOptions
+from plugins.adapters.lora import Lora, LoraOptions, kbit_base_bytes
 from trainer.api import BaseModelInfo, Contribution, TrainConfig
 
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
@@ -110,17 +110,9 @@ class QLora(Lora[QLoraOptions]):
     def base_weight_bytes(self, base: BaseModelInfo, config: TrainConfig) -> float:
         """NF4/FP4 linear weights: 0.5 byte plus one fp32 absmax per 64 weights (0.0625), or with
         double quantization one 8-bit absmax per 64 plus one fp32 per 64*256 (0.0159); every other
-        weight (norms, embeddings) in fp32, where prepare_model_for_kbit_training puts them."""
-        opts = self.options
-        per_value = 0.5 + (1 / 64 + 4 / (64 * 256) if opts.double_quant else 4 / 64)
-        other = 4
-        linear = {f"{module}.weight" for module in base.linear_layers()}
-        return float(
-            sum(
-                math.prod(shape) * (per_value if name in linear else other)
-                for name, shape in base.tensors.items()
-            )
-        )
+        weight as kbit_base_bytes says (fp32)."""
+        per_value = 0.5 + (1 / 64 + 4 / (64 * 256) if self.options.double_quant else 4 / 64)
+        return kbit_base_bytes(base, lambda shape: math.prod(shape) * per_value)
 
     def bnb_config(self, config: TrainConfig) -> Any:
         import torch
