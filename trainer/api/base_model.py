@@ -47,6 +47,10 @@ class ModelShapes:
         """module name -> (in, out) of every linear layer but embeddings and the output layer."""
         return linear_layers(self.tensors)
 
+    def describe(self) -> BaseModelInfo:
+        """These shapes as the public `BaseModelInfo` a plugin sees."""
+        return BaseModelInfo(dict(self.tensors), dict(self.config), self.source, self.dtype_bytes)
+
 
 def linear_layers(tensors: dict[str, Shape]) -> dict[str, tuple[int, int]]:
     """module name -> (in, out) of every linear layer but embeddings and the output layer."""
@@ -313,9 +317,4 @@ def describe_base_model(base_model: str) -> BaseModelInfo | None:
         shapes = find_shapes(base_model)
     except Unavailable:
         return None
-    return BaseModelInfo(
-        tensors=dict(shapes.tensors),
-        config=dict(shapes.config),
-        source=shapes.source,
-        dtype_bytes=shapes.dtype_bytes,
-    )
+    return shapes.describe()

@@ -144,7 +144,7 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     """Memory per device for a resolved config; raises Unavailable."""
     c = resolved.config
     shapes = shapes or find_shapes(c.base_model)
-    base = BaseModelInfo(dict(shapes.tensors), dict(shapes.config), shapes.source, shapes.dtype_bytes)
+    base = shapes.describe()
     training = resolved.adapter.plugin.training(base, c)
     notes: list[str] = [f"shapes from {shapes.source}", *training.notes]
     trainable = training.trainable + new_token_copies(base, c, training.trainable)
