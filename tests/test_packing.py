@@ -195,12 +195,12 @@ def test_sliding_window_model_keeps_its_window_when_packed(tmp_path):
     torch.manual_seed(0)
     model = MistralForCausalLM(config).eval()
 
-    class Sdpa:
+    class FourDMaskKernel:  # eager; sdpa flattens rows (tests/test_padding_free.py covers its window)
         packed_inputs = "mask_4d"
 
-    mode = packed_inputs_for(Sdpa(), model.config, sequence_len=64)
+    mode = packed_inputs_for(FourDMaskKernel(), model.config, sequence_len=64)
     assert mode == "position_ids_rows"
-    assert packed_inputs_for(Sdpa(), model.config, sequence_len=4) == "mask_4d"  # window >= rows
+    assert packed_inputs_for(FourDMaskKernel(), model.config, sequence_len=4) == "mask_4d"  # window >= rows
     examples = random_examples(64, [9, 12, 6])
     error = packed_vs_alone_error(model, Collator(pad_token_id=0, packed_inputs=mode), [examples])
     assert error < ISOLATION_ATOL, error
@@ -313,7 +313,13 @@ def test_packed_eval_loss_equals_unpacked_eval_loss(tiny_model, tmp_path):
 
 def test_group_by_length_batches_similar_lengths(tiny_model, tmp_path):
     data = varied_data(tmp_path / "varied.jsonl", rows=96)
-    common = {"micro_batch_size": 8, "max_steps": 12, "max_train_samples": None, "sequence_len": 128}
+    common = {
+        "micro_batch_size": 8,
+        "max_steps": 12,
+        "max_train_samples": None,
+        "sequence_len": 128,
+        "padding_free": False,  # padded rows: what grouping is for
+    }
     random_order = run_api(
         tmp_path, toy_config(tiny_model, data, tmp_path / "a", **common), name="random.yml"
     )
@@ -336,11 +342,18 @@ def test_group_by_length_batches_similar_lengths(tiny_model, tmp_path):
     )
 
 
-def test_pad_to_sequence_len_gives_fixed_shapes(tiny_model, toy_data, tmp_path):
-    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", pad_to_sequence_len=True)
+@pytest.mark.parametrize(("padding_free", "shape"), [(False, (8, 48)), (None, (1, 8 * 48))])
+def test_pad_to_sequence_len_gives_fixed_shapes(tiny_model, toy_data, tmp_path, padding_free, shape):
+    config = toy_config(
+        tiny_model,
+        toy_data / "train.jsonl",
+        tmp_path / "out",
+        pad_to_sequence_len=True,
+        padding_free=padding_free,
+    )
     built = run_api(tmp_path, config, name="c.yml")
     batch = next(iter(built.trainer.get_train_dataloader()))
-    assert batch["input_ids"].shape == (8, 48)
+    assert batch["input_ids"].shape == shape
     efficiency = [
         h["padding_efficiency"] for h in built.trainer.state.log_history if "padding_efficiency" in h
     ]
@@ -359,7 +372,7 @@ def test_packed_dataset_rows_hold_the_examples_of_the_plan(tiny_model, toy_data,
     data = build_datasets(resolved, tokenizer)
     model = load_model(tiny_model, "sdpa")
     train_rows, _, collate = collated_datasets(resolved, data, model, tokenizer)
-    assert isinstance(train_rows, PackedDataset) and collate.packed_inputs == "mask_4d"
+    assert isinstance(train_rows, PackedDataset) and collate.packed_inputs == "position_ids"
     seen = []
     for index in range(len(train_rows)):
         row = train_rows[index]

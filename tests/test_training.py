@@ -7,7 +7,9 @@ a small shared CPU box, two OpenMP threads contending with other processes make 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -19,6 +21,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
+from plugins.attention import segments  # noqa: E402
 from tests.conftest import logits_of, run_api, run_command, toy_config, write_yaml  # noqa: E402
 from trainer.resolve.validate import load_config  # noqa: E402
 from trainer.runtime.build import build_trainer  # noqa: E402
@@ -209,7 +212,7 @@ def varied_rows(path: Path) -> Path:
     return path
 
 
-def one_sgd_step(tmp: Path, model: Path, data: Path, micro: int, accumulation: int):
+def one_sgd_step(tmp: Path, model: Path, data: Path, micro: int, accumulation: int, **overrides: Any):
     """One optimizer step of plain SGD; returns (logged loss, weight update / lr, micro-batches seen)."""
     lr = 1.0
     config = toy_config(
@@ -224,23 +227,24 @@ def one_sgd_step(tmp: Path, model: Path, data: Path, micro: int, accumulation: i
         lr_scheduler="constant",
         max_grad_norm=0,
         weight_decay=0,
+        **overrides,
     )
     config.pop("max_train_samples")  # all 8 rows
     resolved = load_config(str(write_yaml(tmp / f"cfg-{micro}x{accumulation}.yml", config)))
     built = build_trainer(resolved)
     seen: list[dict[str, Any]] = []
+    compute_loss = built.trainer.compute_loss
 
-    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        if module.training:
-            seen.append({k: kwargs[k].clone() for k in ("input_ids", "labels", "attention_mask")})
+    def record(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if model.training:
+            kept = ("input_ids", "labels", "attention_mask", "position_ids")
+            seen.append({k: v.clone() for k, v in inputs.items() if k in kept})
+        return compute_loss(model, inputs, *args, **kwargs)
 
     model_obj = built.trainer.model
     before = {k: v.detach().clone() for k, v in model_obj.named_parameters()}
-    handle = model_obj.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        built.trainer.train()
-    finally:
-        handle.remove()
+    built.trainer.compute_loss = record
+    built.trainer.train()
     update = {k: (before[k] - v.detach()) / lr for k, v in model_obj.named_parameters()}
     loss = next(h["loss"] for h in built.trainer.state.log_history if "loss" in h)
     return loss, update, seen
@@ -249,6 +253,11 @@ def one_sgd_step(tmp: Path, model: Path, data: Path, micro: int, accumulation: i
 def rows_of(batches: list[dict[str, Any]]) -> list[tuple[int, ...]]:
     rows = []
     for batch in batches:
+        if "attention_mask" not in batch:  # padding-free: one flattened row, examples at position 0
+            ids, positions = batch["input_ids"][0], batch["position_ids"][0]
+            starts = [*(positions == 0).nonzero().flatten().tolist(), len(ids)]
+            rows += [tuple(ids[a:b].tolist()) for a, b in itertools.pairwise(starts)]
+            continue
         for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
             rows.append(tuple(ids[mask.bool()].tolist()))
     return sorted(rows)
@@ -259,7 +268,8 @@ def relative_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     return float(diff / torch.sqrt(sum((a[k] ** 2).sum() for k in a)))
 
 
-def test_gradient_accumulation_is_token_weighted(full_run, tmp_path):
+@pytest.mark.parametrize("padding_free", [False, None])
+def test_gradient_accumulation_is_token_weighted(full_run, tmp_path, padding_free):
     from transformers import AutoModelForCausalLM
 
     # Start from the briefly trained model: at random init every token costs ~ln(vocab), so any
@@ -267,8 +277,9 @@ def test_gradient_accumulation_is_token_weighted(full_run, tmp_path):
     # short rows (mostly EOS) differ from long ones.
     _, start = full_run
     data = varied_rows(tmp_path / "varied.jsonl")
-    loss_big, update_big, seen_big = one_sgd_step(tmp_path, start, data, micro=8, accumulation=1)
-    loss_acc, update_acc, seen_acc = one_sgd_step(tmp_path, start, data, micro=2, accumulation=4)
+    step = functools.partial(one_sgd_step, tmp_path, start, data, padding_free=padding_free)
+    loss_big, update_big, seen_big = step(micro=8, accumulation=1)
+    loss_acc, update_acc, seen_acc = step(micro=2, accumulation=4)
 
     # Both runs saw the same 8 rows in their one step: 1 batch of 8 vs 4 micro-batches of 2. (The
     # Trainer's sampler is a permutation seeded by `seed` over a dataset of the same length, so it
@@ -281,6 +292,8 @@ def test_gradient_accumulation_is_token_weighted(full_run, tmp_path):
     assert loss_acc == pytest.approx(loss_big, rel=1e-4)
     assert relative_difference(update_big, update_acc) < 1e-4
 
+    if padding_free is None:
+        return  # the padded case below shows the check is meaningful
     # The check is meaningful: averaging the 4 micro-batch means (the classic accumulation bug)
     # gives a different loss and a different gradient on these rows.
     model = AutoModelForCausalLM.from_pretrained(start)
@@ -367,7 +380,10 @@ def test_eager_and_sdpa_attention_train_alike(tiny_model, toy_data, tmp_path):
         )
         built = run_api(tmp_path, config, name=f"{attention}.yml")
         model_config = built.trainer.model.config
-        assert model_config._attn_implementation == attention
+        assert (
+            model_config._attn_implementation
+            == {"eager": "eager", "sdpa": segments.ATTENTION_NAME}[attention]
+        )
         losses = train_losses(built.trainer.state.log_history)
         assert len(losses) == 2
         first_losses[attention] = losses[0]

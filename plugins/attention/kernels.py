@@ -30,10 +30,19 @@ class Eager(_Kernel):
 
 
 class Sdpa(_Kernel):
-    """torch.nn.functional.scaled_dot_product_attention: fast on CPU and GPU, the default."""
+    """torch.nn.functional.scaled_dot_product_attention: fast on CPU and GPU, the default.
 
-    name = implementation = "sdpa"
-    packed_inputs = "mask_4d"
+    Flattened rows (packed, or padding-free micro-batches) run one sdpa call per tile of whole
+    examples instead of one masked call over the row (plugins.attention.segments); everything
+    else runs exactly as transformers' `sdpa`."""
+
+    name = "sdpa"
+    packed_inputs = "position_ids"
+
+    def contribute(self, config: TrainConfig) -> Contribution:
+        from plugins.attention import segments
+
+        return Contribution(model_kwargs={"attn_implementation": segments.register()})
 
 
 def _cuda_problem(kernel: str, min_capability: tuple[int, int], gpus: str) -> str | None:

@@ -138,6 +138,12 @@ class TrainConfig(Strict):
     pad_to_sequence_len: bool = Field(
         False, description="Pad every row to sequence_len (fixed shapes) instead of the batch's longest"
     )
+    padding_free: bool | None = Field(
+        None,
+        description="Without packing: each micro-batch's examples run as one row without padding, "
+        "each attending only to itself (the loss equals the padded batch's). Default: on where the "
+        "attention kernel reads such rows (sdpa, flex_attention, flash_attention_2/3; not eager)",
+    )
     group_by_length: bool = Field(
         False,
         description="Without packing: put examples of similar length in the same batches to cut padding",

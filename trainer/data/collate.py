@@ -15,7 +15,9 @@ are kept from attending to each other depends on the attention kernel (its `pack
   "mask_4d" but no mask; transformers builds each layer's mask (sliding or full) from the
   restarting position ids, with the examples kept apart.
 
-Plain rows are padded with a 2D attention mask. Every batch carries `num_real_tokens` (a Python
+Plain rows are padded with a 2D attention mask, or, with `padding_free` under a "position_ids"
+kernel, flattened like packed ones with each example its own block: the model then computes no
+padding at all, and the loss is the padded batch's. Every batch carries `num_real_tokens` (a Python
 int, popped by the trainer before the forward) for the padding-efficiency log.
 """
 
@@ -35,11 +37,14 @@ class Collator:
     """4D mask as 0 / -inf floats (eager attention adds it to the scores) instead of booleans."""
     pad_to: int | None = None
     """Pad every row to this length (`pad_to_sequence_len`); otherwise to the batch's longest."""
+    padding_free: bool = False
+    """Flatten plain (unpacked) rows too, when the kernel reads flattened rows."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        flattens = self.packed_inputs == "position_ids"
         if "seq_lengths" not in features[0]:
-            return self._plain(features)
-        if self.packed_inputs == "position_ids":
+            return self._flattened(features) if flattens and self.padding_free else self._plain(features)
+        if flattens:
             return self._flattened(features)
         return self._packed_rows(features)
 
@@ -97,7 +102,7 @@ class Collator:
         ids: list[int] = []
         labels: list[int] = []
         for feature in features:
-            lengths.extend(feature["seq_lengths"])
+            lengths.extend(feature.get("seq_lengths") or [len(feature["input_ids"])])
             ids.extend(feature["input_ids"])
             labels.extend(feature["labels"])
         real = len(ids)

@@ -512,18 +512,31 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
 
 
 def _packing_checks(config: TrainConfig, attention: Chosen | None) -> list[Problem]:
-    """Packing needs an attention kernel that keeps packed examples apart."""
-    packs = config.sample_packing or bool(config.eval_sample_packing)
-    if not packs or attention is None or getattr(attention.plugin, "packed_inputs", None):
+    """Packing needs an attention kernel that keeps packed examples apart; padding-free batches
+    need one that reads flattened rows."""
+    if attention is None:
         return []
-    key = "sample_packing" if config.sample_packing else "eval_sample_packing"
-    return [
-        Problem(
-            (key,),
-            f"attention plugin '{attention.entry.name}' cannot keep packed examples apart (it declares no "
-            "packed_inputs); use attention: sdpa, eager, flex_attention or flash_attention_2",
+    problems = []
+    packed_inputs = getattr(attention.plugin, "packed_inputs", None)
+    if config.padding_free and packed_inputs != "position_ids":
+        problems.append(
+            Problem(
+                ("padding_free",),
+                f"attention '{attention.entry.name}' keeps rows padded (it reads no flattened rows); "
+                "use attention: sdpa, flex_attention or flash_attention_2, or padding_free: false",
+            )
         )
-    ]
+    packs = config.sample_packing or bool(config.eval_sample_packing)
+    if packs and not packed_inputs:
+        key = "sample_packing" if config.sample_packing else "eval_sample_packing"
+        problems.append(
+            Problem(
+                (key,),
+                f"attention plugin '{attention.entry.name}' cannot keep packed examples apart (it declares "
+                "no packed_inputs); use attention: sdpa, eager, flex_attention or flash_attention_2",
+            )
+        )
+    return problems
 
 
 def _is_multiple(big: float, small: float) -> bool:

@@ -326,14 +326,13 @@ def collated_datasets(resolved: Resolved, data: Any, model: Any, tokenizer: Any)
         evals = PackedDataset(evals, config.sequence_len, config.seed)
     if config.group_by_length:
         train = train.add_column("length", example_lengths(train))
-    packing = config.sample_packing or bool(config.eval_sample_packing)
+    packed_inputs = packed_inputs_for(attention, model.config, config.sequence_len)
     collator = Collator(
         pad_token_id=tokenizer.pad_token_id,
-        packed_inputs=packed_inputs_for(attention, model.config, config.sequence_len)
-        if packing
-        else "mask_4d",
+        packed_inputs=packed_inputs,
         additive_mask=getattr(attention, "additive_mask", False),
         pad_to=config.sequence_len if config.pad_to_sequence_len else None,
+        padding_free=packed_inputs == "position_ids" and config.padding_free is not False,
     )
     return train, evals, collator
 

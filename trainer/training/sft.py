@@ -10,6 +10,9 @@ out before the forward and logs, with each training loss:
 Checkpoints are staged and renamed into place (trainer.outputs.checkpoints), and `Guard`
 (trainer.training.guard) watches every step for stop signals, a diverging loss and gradient-norm spikes.
 
+Where TRL's fused LM head would score every position (on CPU), the loss is computed from the
+trained positions' logits alone (trainer.training.lm_loss).
+
 It moves a packed training set to each epoch's rows at the epoch's start, on every process
 (accelerate forwards `set_epoch` to the dataset only in single-process runs), and makes `fsdp` runs
 shard as configured: FSDP1's sharding strategy, and FSDP at all on CPU (see trainer.training.fsdp_support).
@@ -24,7 +27,7 @@ import trl
 from transformers import TrainerCallback
 
 from trainer.outputs import checkpoints
-from trainer.training import fsdp_support
+from trainer.training import fsdp_support, lm_loss
 from trainer.training.guard import Guard
 
 
@@ -154,7 +157,10 @@ class SFTTrainer(trl.SFTTrainer):
         # TRL 1.16 _total_train_tokens / _metrics: TRL counts attention-mask sums (pairs under a
         # packed 4D mask) and offers no way to give it the real count
         counted = self._total_train_tokens
-        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        if not args and not kwargs.get("return_outputs") and lm_loss.applies(self, model, inputs):
+            loss = lm_loss.labelled_loss(self, model, inputs, kwargs.get("num_items_in_batch"))
+        else:
+            loss = super().compute_loss(model, inputs, *args, **kwargs)
         self._total_train_tokens = counted  # undo TRL's count; `log` sets the real one
         self._metrics["train" if model.training else "eval"]["num_tokens"] = [float(counted)]
         return loss
