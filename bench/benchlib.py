@@ -67,14 +67,15 @@ def child_env(threads: int, datasets_cache: Path, site: Path | None = None) -> d
 
 
 def run_child(
-    command: list[str], env: dict[str, str], log: Path, fail: bool = True
+    command: list[str], env: dict[str, str], log: Path, fail: bool = True, cwd: Path = REPO
 ) -> tuple[int, float, float]:
-    """Run a command in the repository to completion, its output into `log`; returns (exit status,
-    wall seconds, CPU seconds of it and its children). Exits with the log's tail on failure if `fail`."""
+    """Run a command in `cwd` (the repository) to completion, its output into `log`; returns (exit
+    status, wall seconds, CPU seconds of it and its children). Exits with the log's tail on failure
+    if `fail`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as handle:
-        code = subprocess.call(command, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code != 0 and fail:

@@ -1,9 +1,11 @@
 """Where each training step's time goes: ours, plain TRL and a plain transformers `Trainer` (the loop
 Axolotl runs: `model(**batch).loss`, no extra metrics) on the same batches, phase by phase.
 
-All three train the same tiny Llama (scripts/make_tiny_model.py) from the same tokenized rows
+All train the same tiny Llama (scripts/make_tiny_model.py) from the same tokenized rows
 (long-tailed prompt/completion, as bench/throughput.py writes them) in file order (a sequential
-sampler, so every trainer sees the same batches), batched by our collator, the first `--steps`
+sampler, so every trainer sees the same examples in the same batches), batched by our collator:
+padding-free for ours (its default), padded rows for the peers (as they batch) and for
+"ours-padded" (`padding_free: false`, the same batches as the peers through our loop), the first `--steps`
 optimizer steps, fp32, sdpa, AdamW, one torch thread, no dataloader workers,
 logging every 10 steps, in one process, alternating the trainers `--rounds` times. Phases are timed by
 wrapping the trainer's own methods on the instance (the product is not changed):
@@ -25,6 +27,7 @@ of our runs and prints its top operators.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -113,7 +116,7 @@ def peer_trainer(kind: str, ours: Any, out: Path, steps: int) -> Any:
         "train_sampling_strategy": "sequential",
         "gradient_checkpointing": False,  # TRL 1.x SFTConfig turns it on by default; ours and Axolotl do not
     }
-    collator = ours.data_collator
+    collator = dataclasses.replace(ours.data_collator, padding_free=False)  # padded rows, as peers batch
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = dict(collator(rows))
@@ -128,7 +131,9 @@ def peer_trainer(kind: str, ours: Any, out: Path, steps: int) -> Any:
     return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
 
 
-def config_text(model: Path, rows: Path, out: Path, seq_len: int, steps: int, packed: bool) -> str:
+def config_text(
+    model: Path, rows: Path, out: Path, seq_len: int, steps: int, packed: bool, padding_free: bool = True
+) -> str:
     return "\n".join(
         [
             f"base_model: {model}",
@@ -138,6 +143,7 @@ def config_text(model: Path, rows: Path, out: Path, seq_len: int, steps: int, pa
             f"sequence_len: {seq_len}",
             "shuffle: false",
             f"sample_packing: {str(packed).lower()}",
+            f"padding_free: {str(padding_free).lower()}",
             "attention: sdpa",
             "micro_batch_size: 8",
             "gradient_accumulation_steps: 1",
@@ -152,9 +158,10 @@ def config_text(model: Path, rows: Path, out: Path, seq_len: int, steps: int, pa
     )
 
 
-def run_one(kind: str, config_path: Path, work: Path, steps: int) -> dict[str, Any]:
-    ours = our_trainer(config_path)
-    trainer = ours if kind == "ours" else peer_trainer(kind, ours, work / f"out-{kind}", steps)
+def run_one(kind: str, work: Path, steps: int) -> dict[str, Any]:
+    ours = our_trainer(work / ("padded.yml" if kind == "ours-padded" else "cfg.yml"))
+    peer = kind in ("trl", "transformers")
+    trainer = peer_trainer(kind, ours, work / f"out-{kind}", steps) if peer else ours
     timer = instrument(trainer)
     result = trainer.train()
     total = float(result.metrics["train_runtime"])
@@ -193,12 +200,14 @@ def main() -> None:
         write_rows(rows, args.rows, args.seq_len, median=60, sigma=0.9, seed=0)
         config_path = work / "cfg.yml"
         config_path.write_text(config_text(model, rows, work / "out", args.seq_len, args.steps, args.packed))
+        padded = config_text(model, rows, work / "out", args.seq_len, args.steps, False, padding_free=False)
+        (work / "padded.yml").write_text(padded)
         # TRL packs its own way (bfd, padding-free) and takes no packed view of our rows: packed is ours only
-        kinds = ("ours",) if args.packed else ("ours", "trl", "transformers")
+        kinds = ("ours",) if args.packed else ("ours", "ours-padded", "trl", "transformers")
         results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for round_ in range(args.rounds):
             for kind in kinds:
-                results[kind].append(run_one(kind, config_path, work, args.steps))
+                results[kind].append(run_one(kind, work, args.steps))
                 print(f"round {round_ + 1} {kind}: {results[kind][-1]['runtime']:.2f} s", flush=True)
         print(
             f"\nmedian seconds over {args.rounds} rounds, {args.steps} steps, load {os.getloadavg()[0]:.2f}"

@@ -388,3 +388,13 @@ def test_eager_and_sdpa_attention_train_alike(tiny_model, toy_data, tmp_path):
         assert len(losses) == 2
         first_losses[attention] = losses[0]
     assert first_losses["eager"] == pytest.approx(first_losses["sdpa"], abs=1e-4)
+
+
+def test_the_final_summary_counts_the_steps_after_the_last_log(tiny_model, toy_data, tmp_path):
+    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "o", max_steps=5, logging_steps=2)
+    built = run_api(tmp_path, config)
+    history = built.trainer.state.log_history
+    logged = [h["num_tokens"] for h in history if "loss" in h]
+    final = next(h for h in history if "train_runtime" in h)
+    assert len(logged) == 3  # steps 1 (logging_first_step), 2 and 4: not step 5
+    assert final["num_tokens"] == built.trainer._real_tokens > logged[-1]

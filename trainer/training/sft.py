@@ -166,15 +166,16 @@ class SFTTrainer(trl.SFTTrainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._processed_tokens:
+        # a training log, or the end-of-training summary (which must count the steps after the last log)
+        if ("loss" in logs or "train_runtime" in logs) and self._processed_tokens:
             import torch
 
             counts = torch.tensor([self._real_tokens, self._processed_tokens], device=self.args.device)
             real, processed = (int(x) for x in self.accelerator.reduce(counts, reduction="sum").tolist())
             window = (real - self._logged[0], processed - self._logged[1])
-            if window[1] > 0:
+            if "loss" in logs and window[1] > 0:
                 logs["padding_efficiency"] = round(window[0] / window[1], 4)
-            self._logged = (real, processed)
+                self._logged = (real, processed)
             self._total_train_tokens = self.tokens_before + real
             self._metrics["train"]["num_tokens"] = [float(self._total_train_tokens)]
         super().log(logs, start_time)
