@@ -48,35 +48,51 @@ def window(probe: dict[str, Any], warmup_steps: int) -> tuple[float, int, int]:
     return t1 - t0, sum(b[0] for b in batches), sum(b[1] for b in batches)
 
 
+def measured(probe: dict[str, Any], warmup_steps: int) -> dict[str, Any]:
+    """A probe's numbers over the optimizer steps after warm-up (tokens/s), and its peak memory."""
+    seconds, tokens, squares = window(probe, warmup_steps)
+    return {
+        "seconds": seconds, "tokens": tokens, "squares": squares, "tokens_per_s": tokens / seconds,
+        "device": probe["device"], "max_memory": probe["max_memory"],
+        "max_reserved": probe.get("max_reserved", 0), "efficiency": probe["real"] / probe["processed"],
+    }  # fmt: skip
+
+
+def validate_problems(config: Path, env: dict[str, str], log: Path) -> str | None:
+    """`trainer.cli.validate` on a config, its output into `log`: None if it passes, else its
+    problems on one line, without the "N config errors:" header and the FILE:LINE prefixes."""
+    command = [sys.executable, "-m", "trainer.cli.validate", str(config)]
+    code, _, _ = run_child(command, env, log, fail=False)
+    if code == 0:
+        return None
+    lines = tail(log, 8).splitlines()
+    problems = [re.sub(r"^\S+:\d+\s+", "", x.strip()) for x in lines if x.startswith("  ")]
+    return " / ".join(problems) or tail(log, 1).strip()
+
+
+def examples_for(packed_rows: int, unpacked_examples: int, seq_len: int, median: float, sigma: float) -> int:
+    """Rows of data enough for `packed_rows` packed rows of `seq_len` and for `unpacked_examples`
+    examples, with a margin (log-normal lengths: mean = median * exp(sigma^2 / 2), before the cap)."""
+    mean_guess = median * math.exp(sigma**2 / 2)
+    packed = 1.3 * packed_rows * seq_len / min(mean_guess, seq_len)
+    return math.ceil(max(packed, 1.1 * unpacked_examples))
+
+
 def gpu_kernel(kernel: str, spec: Spec, work: Path, site: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Validate, then train, one kernel; the outcome with its numbers, or why it was skipped/failed."""
     config = work / f"gpu-{kernel}.yml"
     config.write_text(our_config(spec), encoding="utf-8")
     env = child_env(args.threads, work / "hf-datasets" / kernel, site)
-    checked = work / f"gpu-{kernel}.validate.log"
-    code, _, _ = run_child(
-        [sys.executable, "-m", "trainer.cli.validate", str(config)], env, checked, fail=False
-    )
-    if code != 0:  # the problems, without the "N config errors:" header and the FILE:LINE prefixes
-        lines = tail(checked, 8).splitlines()
-        problems = [re.sub(r"^\S+:\d+\s+", "", x.strip()) for x in lines if x.startswith("  ")]
-        return {
-            "kernel": kernel,
-            "status": "skipped",
-            "reason": " / ".join(problems) or tail(checked, 1).strip(),
-        }
+    problems = validate_problems(config, env, work / f"gpu-{kernel}.validate.log")
+    if problems is not None:
+        return {"kernel": kernel, "status": "skipped", "reason": problems}
     log = work / f"gpu-{kernel}.log"
     code, wall, _ = run_child([sys.executable, "-m", "trainer.cli.train", str(config)], env, log, fail=False)
     if code != 0:
         return {"kernel": kernel, "status": "failed", "reason": tail(log, 3).strip().replace("\n", " / ")}
     probe = read_probe(spec.output_dir, kernel)
     shutil.rmtree(spec.output_dir, ignore_errors=True)
-    seconds, tokens, squares = window(probe, args.gpu_warmup_steps)
-    return {
-        "kernel": kernel, "status": "ran", "seconds": seconds, "tokens": tokens, "squares": squares,
-        "tokens_per_s": tokens / seconds, "device": probe["device"], "max_memory": probe["max_memory"],
-        "efficiency": probe["real"] / probe["processed"], "wall": wall,
-    }  # fmt: skip
+    return {"kernel": kernel, "status": "ran", **measured(probe, args.gpu_warmup_steps), "wall": wall}
 
 
 def gpu_benchmark(args: argparse.Namespace, work: Path, smoke: bool) -> dict[str, Any]:
@@ -87,9 +103,7 @@ def gpu_benchmark(args: argparse.Namespace, work: Path, smoke: bool) -> dict[str
     model_info = build_model(work, "llama", shape, seq_len, dtype)
     train_file = work / "train.jsonl"
     median = args.gpu_median_len or seq_len / 4
-    rows_needed = steps * grad_accum * args.gpu_micro_batch
-    mean_guess = median * math.exp(args.sigma**2 / 2)
-    examples = math.ceil(1.3 * rows_needed * seq_len / min(mean_guess, seq_len))
+    examples = examples_for(steps * grad_accum * args.gpu_micro_batch, 0, seq_len, median, args.sigma)
     data = write_rows(train_file, examples, seq_len, median, args.sigma, args.seed)
     site = install_probe(work)
     results = []

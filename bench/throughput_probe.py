@@ -2,6 +2,10 @@
 
 It runs inside the training processes: ours loads this file by its path from the probe plugin
 (throughput_common.PLUGIN_MODULE), the TRL child imports it. It imports nothing from this folder.
+
+With `BENCH_PROBE_EXIT=1` in the environment the process exits (status 0) right after the probe has
+written its file at the end of training, skipping the final save (bench/gpu_suite.py: a 1B model's
+checkpoint per case would cost seconds of a short GPU budget and measures nothing).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -34,11 +39,25 @@ def probe_callback(path: str) -> Any:
                 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
             self.pad_id = processing_class.pad_token_id
             self.hook = model.register_forward_pre_hook(self.keep, with_kwargs=True)
+            self.labels = None
+            self.lm_loss = sys.modules.get("trainer.training.lm_loss")  # ours only; not imported here
+            if self.lm_loss is not None:
+                self.labelled_loss = self.lm_loss.labelled_loss
+                self.lm_loss.labelled_loss = self.stash_labels
             self.start = (time.perf_counter(), time.process_time())
+
+        def stash_labels(self, trainer, model, inputs, *args, **kwargs):
+            """Ours on CPU calls the model without `labels` (trainer.training.lm_loss asks for the
+            trained positions' logits only): keep them for the model call that follows."""
+            self.labels = inputs.get("labels")
+            return self.labelled_loss(trainer, model, inputs, *args, **kwargs)
 
         def keep(self, module, args, kwargs):
             if module.training:
                 fed = {k: kwargs[k] for k in FED_KEYS if torch.is_tensor(kwargs.get(k))}
+                if "labels" not in fed and torch.is_tensor(self.labels):
+                    fed["labels"] = self.labels
+                self.labels = None
                 self.batches.append({k: v for k, v in fed.items() if v.dim() == 2})  # not 4D masks
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -49,6 +68,8 @@ def probe_callback(path: str) -> Any:
         def on_train_end(self, args, state, control, **kwargs):
             wall, cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
             self.hook.remove()
+            if self.lm_loss is not None:
+                self.lm_loss.labelled_loss = self.labelled_loss
             cuda = torch.cuda.is_available()
             record = {
                 "loop_wall": wall,
@@ -56,10 +77,15 @@ def probe_callback(path: str) -> Any:
                 "steps": self.steps,
                 "device": torch.cuda.get_device_name() if cuda else "cpu",
                 "max_memory": torch.cuda.max_memory_allocated() if cuda else 0,
+                "max_reserved": torch.cuda.max_memory_reserved() if cuda else 0,
                 **feed_stats(self.batches, self.pad_id),
             }
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
+            if os.environ.get("BENCH_PROBE_EXIT") == "1":
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
 
     return Probe()
 
