@@ -1,10 +1,12 @@
-"""Packed rows under sdpa: one call with a block-diagonal causal mask (what `attention: sdpa` does with
-`sample_packing`) against one causal call per example (what a varlen kernel does), forward and
-backward, on random q/k/v shaped like the tiny Llama's attention (4 heads of 64).
+"""Packed rows under sdpa, three ways, forward and backward, on random q/k/v shaped like the tiny
+Llama's attention (4 heads of 64): one call with a block-diagonal causal mask (transformers' sdpa
+on a packed row), one causal call per example (what a varlen kernel does), and our tiled kernel
+(`plugins/attention/segments.py`, what `attention: sdpa` runs: one call per tile of whole examples,
+its tile masks built as in training, once per call here).
 
 Each row is filled with examples of long-tailed lengths (log-normal, median 60 tokens, at least 8).
-Both ways give the same output (the maximum difference is printed); the script times them,
-alternating, and prints medians.
+All give the same output (the maximum difference is printed); the script times them, alternating,
+and prints medians.
 
     python bench/packed_attention.py [--rows 8] [--row-len 512] [--repeats 5]
 """
@@ -16,10 +18,15 @@ import itertools
 import math
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from plugins.attention import segments
 
 HEADS, HEAD_DIM, MEDIAN, SIGMA = 4, 64, 60, 0.9
 
@@ -67,10 +74,21 @@ def main() -> None:
             out.append(torch.cat(parts, dim=2))
         return torch.cat(out, dim=0)
 
-    difference = (masked() - per_example()).abs().max().item()
-    times: dict[str, list[float]] = {"masked": [], "per_example": []}
+    positions = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in rows])
+
+    def tiled() -> torch.Tensor:
+        from transformers.masking_utils import causal_mask_function
+
+        deferred = segments.DeferredMask({"mask_function": causal_mask_function, "device": "cpu"})
+        out, _ = segments.segments_attention(None, q, k, v, deferred, position_ids=positions)
+        return out.transpose(1, 2)
+
+    reference = masked()
+    difference = max((reference - way()).abs().max().item() for way in (per_example, tiled))
+    ways = (("masked", masked), ("per_example", per_example), ("tiled", tiled))
+    times: dict[str, list[float]] = {name: [] for name, _ in ways}
     for _ in range(args.repeats):
-        for name, forward in (("masked", masked), ("per_example", per_example)):
+        for name, forward in ways:
             start = time.perf_counter()
             forward().sum().backward()
             times[name].append(time.perf_counter() - start)
@@ -78,8 +96,9 @@ def main() -> None:
     print(f"{args.rows} rows of {args.row_len} tokens, {examples} examples, max difference {difference:.1e}")
     for name, values in times.items():
         print(f"{name:<12} {statistics.median(values) * 1000:8.1f} ms forward+backward (median)")
-    ratio = statistics.median(times["masked"]) / statistics.median(times["per_example"])
-    print(f"masked / per_example: {ratio:.2f} (> 1: one call per example is faster)")
+    for name in ("per_example", "tiled"):
+        ratio = statistics.median(times["masked"]) / statistics.median(times[name])
+        print(f"masked / {name}: {ratio:.2f} (> 1: {name} is faster)")
 
 
 if __name__ == "__main__":
