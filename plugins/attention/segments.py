@@ -85,8 +85,9 @@ class DeferredMask:
             indices[:, None],
             indices[None, :],
         ) & (example[:, None] == example[None, :])
-        causal = torch.ones_like(allowed).tril()
-        return None if torch.equal(allowed, causal) else allowed
+        if len(bounds) > 2:  # several examples: never plain causal
+            return allowed
+        return None if torch.equal(allowed, torch.ones_like(allowed).tril()) else allowed
 
 
 def example_bounds(position_ids: Any) -> list[list[int]]:
@@ -158,25 +159,24 @@ def _tiled(
     query: Any, key: Any, value: Any, tiles: list[_Tile], dropout: float, scaling: float | None
 ) -> Any:
     """One sdpa call per tile. The rows are unbound and cut with `split`, whose backward is one
-    concatenation; slicing each tile out of the whole tensor would give every tile's backward a
-    zero-filled gradient of the whole tensor to add up."""
+    concatenation (slicing each tile out of the whole tensor would give every tile's backward a
+    zero-filled gradient of the whole tensor to add up), and every piece stays 4-D (rows x heads x
+    tokens x dim): on 3-D inputs PyTorch's CPU sdpa falls back to its unfused math kernel."""
     import torch
     from torch.nn.functional import scaled_dot_product_attention
 
     options = {"dropout_p": dropout, "scale": scaling, "enable_gqa": query.shape[1] != key.shape[1]}
     rows = []
-    for row, (q_row, k_row, v_row) in enumerate(zip(query, key, value, strict=True)):
+    for row, qkv in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
         row_tiles = [tile for tile in tiles if tile.row == row]
         sizes = [tile.end - tile.start for tile in row_tiles]
-        pieces = zip(
-            row_tiles, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1), strict=True
-        )
+        q_pieces, k_pieces, v_pieces = (tensor.unsqueeze(0).split(sizes, 2) for tensor in qkv)
         outputs = [
             scaled_dot_product_attention(q, k, v, attn_mask=tile.mask, is_causal=tile.mask is None, **options)
-            for tile, q, k, v in pieces
+            for tile, q, k, v in zip(row_tiles, q_pieces, k_pieces, v_pieces, strict=True)
         ]
-        rows.append(torch.cat(outputs, dim=1))
-    return torch.stack(rows).transpose(1, 2).contiguous()
+        rows.append(torch.cat(outputs, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous()
 
 
 def register() -> str:
