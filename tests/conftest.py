@@ -186,6 +186,15 @@ def _fds_to(out: Any, err: Any) -> Iterator[None]:
             os.close(saved)
 
 
+def run_script(*command: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script (`python bench/x.py ...`, `bash bench/x.sh ...`) with one torch thread;
+    asserts it exits 0 and shows the end of its output if not."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:
     """Write a config dict as YAML (creating the folder) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

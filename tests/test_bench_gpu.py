@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu.sh"
@@ -30,12 +29,7 @@ def test_smoke_run_reports_every_case_with_numbers_or_a_reason(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("trl")
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(SCRIPT), "--smoke", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_script("bash", str(SCRIPT), "--smoke", str(out), cwd=tmp_path)
 
     record = json.loads((out / "gpu-suite.json").read_text(encoding="utf-8"))
     assert record["smoke"] is True and record["device"] == "cpu" and record["date"]

@@ -5,24 +5,20 @@ TRL imports dominate): a minute or two on 2 CPU cores, hence `slow`."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_script
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "peers.py"
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_script(sys.executable, str(SCRIPT), *args)
 
 
 @pytest.mark.slow

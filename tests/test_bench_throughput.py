@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import run_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "throughput.py"
@@ -30,12 +31,7 @@ def load_bench() -> Any:
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_script(sys.executable, str(SCRIPT), *args)
 
 
 def test_feed_stats_cut_the_same_examples_out_of_padded_and_packed_batches():

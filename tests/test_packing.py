@@ -278,7 +278,8 @@ def test_packed_training_learns_logs_efficiency_and_repacks_each_epoch(tiny_mode
     assert rows < 360 / 5
     history = built.trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    assert losses[-1] < 0.6 * losses[0], losses
+    # a logged loss covers 2 steps of 2 rows: one window swings by +-0.15, so the last five are averaged
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
     efficiencies = [h["padding_efficiency"] for h in history if "padding_efficiency" in h]
     assert len(efficiencies) == len(losses)
     overall = built.trainer._real_tokens / built.trainer._processed_tokens
