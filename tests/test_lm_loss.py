@@ -4,6 +4,7 @@ TRL's path stays where it differs (label smoothing, eval's outputs)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -46,7 +47,8 @@ def test_labelled_positions_loss_equals_trls_fused_head(tiny_model, toy_data, tm
     trainer.model.train()
     batch = first_batch(built)
     assert (batch["input_ids"].shape[0] == 1) is (padding_free is None)
-    assert lm_loss.applies(trainer, trainer.model, batch)
+    kept = lm_loss.trained_positions(trainer, trainer.model, batch)
+    assert kept is not None
     items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()) + 5)  # as under accumulation
     theirs = loss_grads_metrics(
         trainer,
@@ -54,7 +56,7 @@ def test_labelled_positions_loss_equals_trls_fused_head(tiny_model, toy_data, tm
         batch,
     )
     ours = loss_grads_metrics(
-        trainer, lambda b: lm_loss.labelled_loss(trainer, trainer.model, b, items), batch
+        trainer, lambda b: lm_loss.labelled_loss(trainer, trainer.model, b, kept, items), batch
     )
     assert ours[0] == pytest.approx(theirs[0], rel=1e-6)
     assert ours[0] > 0.1
@@ -69,10 +71,11 @@ def test_trls_head_stays_where_the_loss_differs(tiny_model, toy_data, tmp_path, 
     built = run_api(tmp_path, config)
     trainer = built.trainer
     batch = first_batch(built)
-    assert lm_loss.applies(trainer, trainer.model, batch)
-    assert not lm_loss.applies(trainer, trainer.model, {**batch, "shift_labels": batch["labels"]})
+    positions = functools.partial(lm_loss.trained_positions, trainer, trainer.model)
+    assert positions(batch) is not None
+    assert positions({**batch, "shift_labels": batch["labels"]}) is None
     trainer.label_smoother = object()
-    assert not lm_loss.applies(trainer, trainer.model, batch)
+    assert positions(batch) is None
     trainer.label_smoother = None
     monkeypatch.setattr(lm_loss, "LOGITS_BUDGET_BYTES", 1000)
-    assert not lm_loss.applies(trainer, trainer.model, batch)
+    assert positions(batch) is None

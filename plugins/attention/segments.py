@@ -18,6 +18,7 @@ padded batch, a decode step, a row of one example) gets exactly what `sdpa` does
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,6 @@ ACCELERATOR_TILE_TOKENS = 4096
 
 @dataclass
 class _Tile:
-    row: int
     start: int
     end: int
     mask: Any  # None: plain causal
@@ -40,31 +40,31 @@ class _Tile:
 
 @dataclass
 class DeferredMask:
-    """The arguments transformers gave the mask function, kept until the attention knows the rows."""
+    """The arguments transformers gave the mask function, kept until the attention knows the rows.
+    Every layer of one forward gets the same object, so what it builds, it builds once."""
 
     arguments: dict[str, Any]
-    _full: Any = field(default=None, init=False)
-    _full_built: bool = field(default=False, init=False)
-    _tiles: list[_Tile] | None = field(default=None, init=False)
+    _tiles: list[list[_Tile]] | None = field(default=None, init=False)
     _tiles_built: bool = field(default=False, init=False)
 
+    @functools.cached_property
     def full(self) -> Any:
         """What `sdpa` itself would have been given (None: plain causal)."""
-        if not self._full_built:
-            from transformers.masking_utils import sdpa_mask
+        from transformers.masking_utils import sdpa_mask
 
-            self._full, self._full_built = sdpa_mask(**self.arguments), True
-        return self._full
+        return sdpa_mask(**self.arguments)
 
-    def tiles(self, position_ids: Any, tile_tokens: int) -> list[_Tile] | None:
-        """The rows cut into tiles of whole examples, or None when no row holds more than one."""
+    def tiles(self, position_ids: Any, tile_tokens: int) -> list[list[_Tile]] | None:
+        """Each row cut into tiles of whole examples, or None when no row holds more than one."""
         if not self._tiles_built:
             bounds = example_bounds(position_ids)
             if any(len(row) > 2 for row in bounds):
                 self._tiles = [
-                    _Tile(row, start, end, self._tile_mask(row, [b for b in row_bounds if start <= b <= end]))
+                    [
+                        _Tile(start, end, self._tile_mask(row, [b for b in row_bounds if start <= b <= end]))
+                        for start, end in group_examples(row_bounds, tile_tokens)
+                    ]
                     for row, row_bounds in enumerate(bounds)
-                    for start, end in group_examples(row_bounds, tile_tokens)
                 ]
             self._tiles_built = True
         return self._tiles
@@ -150,13 +150,13 @@ def segments_attention(
         tiles = attention_mask.tiles(position_ids.expand(query.shape[0], -1), tile_tokens)
     if tiles is None:
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask.full(), dropout, scaling, **kwargs
+            module, query, key, value, attention_mask.full, dropout, scaling, **kwargs
         )
     return _tiled(query, key, value, tiles, dropout, scaling), None
 
 
 def _tiled(
-    query: Any, key: Any, value: Any, tiles: list[_Tile], dropout: float, scaling: float | None
+    query: Any, key: Any, value: Any, tiles: list[list[_Tile]], dropout: float, scaling: float | None
 ) -> Any:
     """One sdpa call per tile. The rows are unbound and cut with `split`, whose backward is one
     concatenation (slicing each tile out of the whole tensor would give every tile's backward a
@@ -167,8 +167,7 @@ def _tiled(
 
     options = {"dropout_p": dropout, "scale": scaling, "enable_gqa": query.shape[1] != key.shape[1]}
     rows = []
-    for row, qkv in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
-        row_tiles = [tile for tile in tiles if tile.row == row]
+    for row_tiles, *qkv in zip(tiles, query.unbind(0), key.unbind(0), value.unbind(0), strict=True):
         sizes = [tile.end - tile.start for tile in row_tiles]
         q_pieces, k_pieces, v_pieces = (tensor.unsqueeze(0).split(sizes, 2) for tensor in qkv)
         outputs = [

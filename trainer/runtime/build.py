@@ -332,7 +332,7 @@ def collated_datasets(resolved: Resolved, data: Any, model: Any, tokenizer: Any)
         packed_inputs=packed_inputs,
         additive_mask=getattr(attention, "additive_mask", False),
         pad_to=config.sequence_len if config.pad_to_sequence_len else None,
-        padding_free=packed_inputs == "position_ids" and config.padding_free is not False,
+        padding_free=config.padding_free is not False,  # the collator flattens only for "position_ids"
     )
     return train, evals, collator
 

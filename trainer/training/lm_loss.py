@@ -9,11 +9,12 @@ exactly those logits (transformers' `logits_to_keep` with an index tensor) and c
 what TRL computes: the summed negative log-likelihood over `num_items_in_batch`, and the logged
 entropy and token accuracy. A run that TRL handles differently (another loss type, label
 smoothing, a custom loss function, an MoE auxiliary loss, large logits, an accelerator) keeps TRL's
-path: `applies` says which.
+path: `trained_positions` says which.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -21,36 +22,40 @@ LOGITS_BUDGET_BYTES = 256 * 2**20
 """Largest fp32 logits of the trained positions computed at once; above it TRL's chunked head runs."""
 
 
-def applies(trainer: Any, model: Any, inputs: dict[str, Any]) -> bool:
-    """Whether this batch's loss is TRL's plain token NLL on a device where TRL's fused head scores
-    every position, with small logits for the trained positions."""
+def trained_positions(trainer: Any, model: Any, inputs: dict[str, Any]) -> Any | None:
+    """The positions whose next token is trained, when this batch's loss is TRL's plain token NLL on
+    a device where TRL's fused head scores every position, and their logits are small; None where
+    TRL's own path runs."""
     labels = inputs.get("labels")
     if labels is None or "shift_labels" in inputs or labels.device.type in ("cuda", "xpu"):
-        return False
+        return None
     if trainer.args.loss_type != "nll" or trainer.label_smoother is not None:
-        return False
+        return None
     if trainer.compute_loss_func is not None or trainer.aux_loss_enabled:
-        return False
-    if not _takes_logits_to_keep(trainer, model):
-        return False
-    vocab = trainer.accelerator.unwrap_model(model).config.get_text_config().vocab_size
-    return int(labels.shape[0]) * int((labels[:, 1:] != -100).any(0).sum()) * vocab * 4 <= LOGITS_BUDGET_BYTES
-
-
-def _takes_logits_to_keep(trainer: Any, model: Any) -> bool:
+        return None
     base = trainer.accelerator.unwrap_model(model)
     if hasattr(base, "get_base_model"):  # PEFT
         base = base.get_base_model()
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    if not _takes_logits_to_keep(base.__class__):
+        return None
+    kept = (labels[:, 1:] != -100).any(0).nonzero().flatten()
+    vocab = base.config.get_text_config().vocab_size
+    return kept if labels.shape[0] * kept.numel() * vocab * 4 <= LOGITS_BUDGET_BYTES else None
 
 
-def labelled_loss(trainer: Any, model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> Any:
+@functools.cache
+def _takes_logits_to_keep(model_class: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def labelled_loss(
+    trainer: Any, model: Any, inputs: dict[str, Any], kept: Any, num_items_in_batch: Any
+) -> Any:
     """TRL's SFT loss and metrics (TRL 1.16 SFTTrainer.compute_loss, loss_type "nll") from the
-    logits of the trained positions only."""
+    logits of the trained positions `kept` only (`trained_positions`)."""
     import torch
 
     targets = inputs["labels"][:, 1:]
-    kept = (targets != -100).any(0).nonzero().flatten()  # positions whose next token is trained
     model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
     logits = model(**model_inputs, use_cache=False, logits_to_keep=kept).logits
     chosen = targets[:, kept]

@@ -157,8 +157,10 @@ class SFTTrainer(trl.SFTTrainer):
         # TRL 1.16 _total_train_tokens / _metrics: TRL counts attention-mask sums (pairs under a
         # packed 4D mask) and offers no way to give it the real count
         counted = self._total_train_tokens
-        if not args and not kwargs.get("return_outputs") and lm_loss.applies(self, model, inputs):
-            loss = lm_loss.labelled_loss(self, model, inputs, kwargs.get("num_items_in_batch"))
+        plain_call = not args and not kwargs.get("return_outputs")  # training; eval wants the outputs
+        kept = lm_loss.trained_positions(self, model, inputs) if plain_call else None
+        if kept is not None:
+            loss = lm_loss.labelled_loss(self, model, inputs, kept, kwargs.get("num_items_in_batch"))
         else:
             loss = super().compute_loss(model, inputs, *args, **kwargs)
         self._total_train_tokens = counted  # undo TRL's count; `log` sets the real one
