@@ -16,6 +16,17 @@ BUILTIN_PLUGINS = {
         "sharegpt = plugins.formatters.chat_template:ShareGPT",
         "input_output = plugins.formatters.input_output:InputOutput",
         "pretokenized = plugins.formatters.pretokenized:Pretokenized",
+        "preference = plugins.formatters.preference:PreferenceFormatter",
+        "kto = plugins.formatters.preference:KtoFormatter",
+        "prompt = plugins.formatters.preference:PromptFormatter",
+    ],
+    "trainer.methods": [
+        "sft = plugins.methods.sft:Sft",
+        "dpo = plugins.methods.preference:Dpo",
+        "kto = plugins.methods.kto:Kto",
+        "orpo = plugins.methods.preference:Orpo",
+        "simpo = plugins.methods.preference:Simpo",
+        "reward = plugins.methods.preference:Reward",
     ],
     "trainer.adapters": [
         "full = plugins.adapters.full:Full",

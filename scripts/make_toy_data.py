@@ -22,6 +22,10 @@ formatters::
     {"messages": [{"role": "system", "content": "Reverse each word."},
                   {"role": "user", "content": "plane"}, {"role": "assistant", "content": "enalp"},
                   {"role": "user", "content": "word"}, {"role": "assistant", "content": "drow"}]}
+
+and, for preference training, ``pref_train.jsonl`` / ``pref_eval.jsonl`` (the capitalised answer
+is preferred: ``{"prompt": ..., "chosen": "ENALP", "rejected": "enalp"}``), ``kto_train.jsonl``
+(``{"prompt", "completion", "label"}``) and ``prompts_train.jsonl`` (``{"prompt", "answer"}``).
 """
 
 from __future__ import annotations
@@ -90,6 +94,28 @@ def as_conversations(records: list[dict[str, str]]) -> list[dict[str, list[dict[
     return conversations
 
 
+def as_preferences(records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Preference pairs on the same prompts: the answer in capitals is preferred to the plain one
+    (a preference the SFT task does not teach, learnt by DPO and its relatives)."""
+    return [
+        {"prompt": r["prompt"], "chosen": r["generation"].upper(), "rejected": r["generation"]} for r in records
+    ]
+
+
+def as_judged(records: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """KTO rows: alternately the capitalised answer (desirable) and the plain one (undesirable)."""
+    return [
+        {"prompt": r["prompt"], "completion": r["generation"].upper() if i % 2 == 0 else r["generation"],
+         "label": i % 2 == 0}
+        for i, r in enumerate(records)
+    ]  # fmt: skip
+
+
+def as_prompts(records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """GRPO prompts, with the expected answer as a column the reward functions receive."""
+    return [{"prompt": r["prompt"], "answer": r["generation"]} for r in records]
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Write ``records`` as JSON lines (UTF-8, ``\\n`` line endings)."""
     with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -113,6 +139,10 @@ def main(argv: list[str] | None = None) -> Path:
     write_jsonl(out / "eval.jsonl", evals)
     write_jsonl(out / "chat_train.jsonl", as_conversations(train))
     write_jsonl(out / "chat_eval.jsonl", as_conversations(evals))
+    write_jsonl(out / "pref_train.jsonl", as_preferences(train))
+    write_jsonl(out / "pref_eval.jsonl", as_preferences(evals))
+    write_jsonl(out / "kto_train.jsonl", as_judged(train))
+    write_jsonl(out / "prompts_train.jsonl", as_prompts(train))
     print(f"wrote {len(train)} train and {len(evals)} eval records to {out}")
     return out
 

@@ -91,7 +91,8 @@ def test_many_errors_at_once_sorted_by_line(write_config, base: dict[str, Path])
     )
     assert errors_of(cli("validate", cfg)) == [
         f"{cfg}:4  datasets[0].type: unknown formatter 'prompt_completon' (did you mean "
-        "'prompt_completion'?); known: alpaca, chat_template, completion, input_output, pretokenized, "
+        "'prompt_completion'?); known: alpaca, chat_template, completion, input_output, kto, preference, "
+        "pretokenized, prompt, "
         "prompt_completion, sharegpt",
         f"{cfg}:6  learning_rat: unknown key 'learning_rat' (did you mean 'learning_rate'?)",
         f"{cfg}:7  micro_batch_size: input should be a valid integer, unable to parse string as an "

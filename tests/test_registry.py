@@ -27,6 +27,7 @@ BUILTINS = {
     ("adapters", "full"): "plugins.adapters.full:Full",
     ("adapters", "lora"): "plugins.adapters.lora:Lora",
     ("attention", "eager"): "plugins.attention.kernels:Eager",
+    ("methods", "sft"): "plugins.methods.sft:Sft",
     ("attention", "sdpa"): "plugins.attention.kernels:Sdpa",
     ("attention", "flash_attention_2"): "plugins.attention.kernels:FlashAttention2",
     ("distributed", "none"): "plugins.distributed.single:SingleProcess",

@@ -130,6 +130,7 @@ LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
 
 class Lora(Adapter[LoraOptionsT]):
     name = "lora"
+    peft = True
     Options = LoraOptions
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:

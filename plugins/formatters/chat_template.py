@@ -114,37 +114,7 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
     def check(self, config: Any) -> list[str | tuple[str, str]]:
         opts = self.options
         problems: list[str | tuple[str, str]] = []
-        known = [TOKENIZER_DEFAULT, JINJA, *BUILTIN_TEMPLATES]
-        if opts.chat_template not in known:
-            problems.append(
-                (
-                    "chat_template",
-                    f"unknown chat template '{opts.chat_template}'"
-                    f"{did_you_mean(opts.chat_template, known)}; known: {', '.join(known)}",
-                )
-            )
-        if opts.chat_template == JINJA:
-            if not opts.chat_template_jinja:
-                problems.append(("chat_template_jinja", "required when chat_template is 'jinja'"))
-            elif (error := jinja_syntax_error(opts.chat_template_jinja)) is not None:
-                problems.append(("chat_template_jinja", error))
-        elif opts.chat_template_jinja is not None:
-            problems.append(
-                (
-                    "chat_template_jinja",
-                    f"only used with chat_template: jinja (chat_template is '{opts.chat_template}')",
-                )
-            )
-        if opts.chat_template == TOKENIZER_DEFAULT:
-            where = config.tokenizer or config.base_model
-            if _local_tokenizer_without_template(where):
-                problems.append(
-                    (
-                        "chat_template",
-                        f"the tokenizer in {where} has no chat template; choose a built-in "
-                        f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja",
-                    )
-                )
+        problems += template_problems(opts.chat_template, opts.chat_template_jinja, config)
         if opts.eot_tokens is not None and any(not token for token in opts.eot_tokens):
             problems.append(("eot_tokens", "an end-of-turn marker cannot be empty"))
         seen: dict[str, str] = {}
@@ -161,26 +131,8 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
         self._tokenizer = tokenizer
         self.add_bos = self.add_eos = False
         builtin = BUILTIN_TEMPLATES.get(opts.chat_template)
-        if opts.chat_template == TOKENIZER_DEFAULT:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ValueError(
-                    "chat_template: the tokenizer has no chat template; choose a built-in "
-                    f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja"
-                )
-            template = tokenizer.get_chat_template()
-        elif opts.chat_template == JINJA:
-            if not opts.chat_template_jinja:
-                raise ValueError("chat_template_jinja is required when chat_template is 'jinja'")
-            template = opts.chat_template_jinja
-        elif builtin is not None:
-            template = builtin.source
-        else:
-            raise ValueError(f"unknown chat template '{opts.chat_template}'")
-        if opts.chat_template != TOKENIZER_DEFAULT:
-            tokenizer.chat_template = template  # saved with the tokenizer at the end of training
-        self._template = template
+        self._template = choose_template(tokenizer, opts.chat_template, opts.chat_template_jinja)
         self._template_vars = dict(tokenizer.special_tokens_map)
-        self._compile()
         if opts.eot_tokens is not None:
             eot = list(opts.eot_tokens)
         elif builtin is not None:
@@ -222,21 +174,8 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
 
     # ---- rendering ------------------------------------------------------------------------------
 
-    def _compile(self) -> None:
-        """Parse the template once, so that one that does not compile fails here, not on a row."""
-        problem = jinja_syntax_error(self._template)
-        if problem is not None:
-            raise ValueError(f"the chat template does not compile: {problem}")
-
     def _render(self, messages: list[dict[str, Any]]) -> str:
-        """Exactly `tokenizer.apply_chat_template(messages, tokenize=False)`, minus its tokenizer
-        overhead: transformers' own renderer, whose compiled template it caches."""
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        rendered: Any = render_jinja_template(  # (texts, generation indices)
-            conversations=[messages], chat_template=self._template, **self._template_vars
-        )
-        return str(rendered[0][0])
+        return render(self._template, messages, self._template_vars)
 
     # ---- format ---------------------------------------------------------------------------------
 
@@ -428,6 +367,93 @@ class ShareGPT(ChatTemplate[ShareGPTOptions]):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def template_problems(
+    chat_template: str, chat_template_jinja: str | None, config: Any
+) -> list[tuple[str, str]]:
+    """Validate-time problems with a `chat_template` / `chat_template_jinja` option pair (shared by
+    the formatters that render conversations)."""
+    problems: list[tuple[str, str]] = []
+    known = [TOKENIZER_DEFAULT, JINJA, *BUILTIN_TEMPLATES]
+    if chat_template not in known:
+        problems.append(
+            (
+                "chat_template",
+                f"unknown chat template '{chat_template}'{did_you_mean(chat_template, known)}; "
+                f"known: {', '.join(known)}",
+            )
+        )
+    if chat_template == JINJA:
+        if not chat_template_jinja:
+            problems.append(("chat_template_jinja", "required when chat_template is 'jinja'"))
+        elif (error := jinja_syntax_error(chat_template_jinja)) is not None:
+            problems.append(("chat_template_jinja", error))
+    elif chat_template_jinja is not None:
+        problems.append(
+            (
+                "chat_template_jinja",
+                f"only used with chat_template: jinja (chat_template is '{chat_template}')",
+            )
+        )
+    if chat_template == TOKENIZER_DEFAULT:
+        where = config.tokenizer or config.base_model
+        if _local_tokenizer_without_template(where):
+            problems.append(
+                (
+                    "chat_template",
+                    f"the tokenizer in {where} has no chat template; choose a built-in "
+                    f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja",
+                )
+            )
+    return problems
+
+
+def choose_template(tokenizer: Any, chat_template: str, chat_template_jinja: str | None) -> str:
+    """The template source a `chat_template` option names, set on the tokenizer (so it is saved with
+    the trained model) unless it is the tokenizer's own. Raises ValueError when there is none or it
+    does not compile."""
+    builtin = BUILTIN_TEMPLATES.get(chat_template)
+    if chat_template == TOKENIZER_DEFAULT:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "chat_template: the tokenizer has no chat template; choose a built-in "
+                f"({', '.join(BUILTIN_TEMPLATES)}) or jinja with chat_template_jinja"
+            )
+        template = str(tokenizer.get_chat_template())
+    elif chat_template == JINJA:
+        if not chat_template_jinja:
+            raise ValueError("chat_template_jinja is required when chat_template is 'jinja'")
+        template = chat_template_jinja
+    elif builtin is not None:
+        template = builtin.source
+    else:
+        raise ValueError(f"unknown chat template '{chat_template}'")
+    problem = jinja_syntax_error(template)  # fails here, not on a row
+    if problem is not None:
+        raise ValueError(f"the chat template does not compile: {problem}")
+    if chat_template != TOKENIZER_DEFAULT:
+        tokenizer.chat_template = template  # saved with the tokenizer at the end of training
+    return template
+
+
+def render(
+    template: str,
+    messages: list[dict[str, Any]],
+    template_vars: dict[str, Any],
+    generation_prompt: bool = False,
+) -> str:
+    """Exactly `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`,
+    minus its tokenizer overhead: transformers' own renderer, whose compiled template it caches."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered: Any = render_jinja_template(  # (texts, generation indices)
+        conversations=[messages],
+        chat_template=template,
+        add_generation_prompt=generation_prompt,
+        **template_vars,
+    )
+    return str(rendered[0][0])
 
 
 def _variants(content: str) -> list[str]:

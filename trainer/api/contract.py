@@ -109,6 +109,43 @@ class Segment:
     ids: list[int] | None = None
 
 
+@dataclass
+class Preference:
+    """A prompt with a preferred (`chosen`) and a dispreferred (`rejected`) completion: the rows of
+    DPO, ORPO, SimPO and reward models. Prompt segments are context; every completion token is trained."""
+
+    prompt: list[Segment]
+    chosen: list[Segment]
+    rejected: list[Segment]
+
+
+@dataclass
+class Judged:
+    """A prompt and one completion judged desirable or not: KTO's unpaired rows."""
+
+    prompt: list[Segment]
+    completion: list[Segment]
+    desirable: bool
+
+
+@dataclass
+class PromptOnly:
+    """A prompt the model completes during training (GRPO); `columns` are passed to the reward
+    functions by name, with the prompts and completions."""
+
+    prompt: list[Segment]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+DATA_SHAPES: dict[str, str] = {
+    "sft": "segments of trained and untrained text (a list of Segment)",
+    "preference": "prompt + chosen + rejected (Preference)",
+    "unpaired": "prompt + completion + desirable label (Judged)",
+    "prompt": "a prompt to complete, with columns for the reward functions (PromptOnly)",
+}
+"""What a formatter's `format()` returns, by its `data` name; a method lists the shapes it trains on."""
+
+
 class RowError(ValueError):
     """A data row a formatter cannot use; `field` names the culprit. The core adds file and line."""
 
@@ -131,13 +168,17 @@ class Formatter(Plugin[OptionsT]):
     add_bos: bool = True
     add_eos: bool = True
     split_long: bool = False
+    data: ClassVar[str] = "sft"
+    """The shape `format()` returns (a key of DATA_SHAPES): a list of Segment for "sft", a
+    Preference, a Judged or a PromptOnly."""
 
     def prepare(self, tokenizer: Any) -> None:
         """Called once with the run's tokenizer before any row is formatted. A formatter may keep
         the tokenizer (to render a chat template) or set its `chat_template`, which is then saved
         with the model."""
 
-    def format(self, row: dict[str, Any]) -> list[Segment]:
+    def format(self, row: dict[str, Any]) -> Any:
+        """One row as this formatter's `data` shape (a list of Segment for "sft")."""
         raise NotImplementedError
 
     @staticmethod
@@ -194,6 +235,10 @@ def full_training(base: BaseModelInfo, select: Callable[[str], bool] | None = No
 class Adapter(Plugin[OptionsT]):
     """Decides which weights train: model-load kwargs, a PEFT config, or freezing."""
 
+    peft: ClassVar[bool] = False
+    """It trains a PEFT adapter on frozen base weights (its `contribute()` gives a `peft_config`), so
+    the model with the adapter switched off is the untrained base: preference methods use that as
+    their reference instead of holding a second copy."""
     sets_optim_target_modules: ClassVar[bool] = False
     """It gives transformers' `optim_target_modules` (the matrices a GaLore optimizer projects), so
     a `galore_*` optimizer may run under it."""
@@ -321,10 +366,62 @@ class Kernel(Plugin[OptionsT]):
     """
 
 
-def _bases() -> dict[str, type[Plugin[Any]]]:
+class Method(Plugin[OptionsT]):
+    """The training objective: which TRL trainer runs, on which data shapes, under which settings.
+
+    The core prepares the data (one of `data`), loads the model (`model`), merges the other
+    plugins' contributions and builds `trainer()`'s trainer with its config class filled from the
+    config's own keys plus `trainer_args()`. Every combination a method cannot run is refused in
+    `check()` (with the reason), at validate time.
+    """
+
+    data: ClassVar[tuple[str, ...]] = ("sft",)
+    """The dataset shapes it trains on (DATA_SHAPES keys); a dataset whose formatter gives another
+    is refused. KTO takes "preference" rows too (each pair becomes a desirable and an undesirable row)."""
+    packing: ClassVar[bool] = False
+    """It runs `sample_packing` / `padding_free` batches (each sequence attending only to itself)."""
+    model: ClassVar[str] = "causal_lm"
+    """"causal_lm" (AutoModelForCausalLM) or "sequence_classification" (a one-score head on the base)."""
+    metrics: ClassVar[tuple[str, ...]] = ()
+    """Logged metrics drawn in training_curves.png besides the loss (e.g. "rewards/margins")."""
+
+    def trainer(self) -> tuple[type, type]:
+        """(TRL trainer class, its config class), imported from where the installed TRL has them."""
+        raise NotImplementedError
+
+    def trainer_args(self, config: TrainConfig) -> dict[str, Any]:
+        """Fields of the trainer's config class that this method's options set."""
+        return {}
+
+    def reference(self, peft: bool) -> str | None:
+        """The reference model the objective compares the policy with, given whether the adapter is a
+        PEFT adapter: "copy" (the core loads a frozen copy of the base as it loads the model, added
+        tokens and all, and passes it as `ref_model`), "adapter_off" (the PEFT model with its
+        adapter switched off), "before_training" (the model itself scores the data once before it
+        trains) or None (reference-free)."""
+        return None
+
+    def prepare_columns(self, dataset: Any, args: Any) -> Any:
+        """The prepared `datasets.Dataset` (the columns of the data shape, trainer.data.shapes) as
+        the trainer reads it, given the trainer's config; default unchanged."""
+        return dataset
+
+    def rewards(self) -> list[str]:
+        """Names of `trainer.rewards` entry points this method calls; the core loads each and passes
+        the callables to the trainer as `reward_funcs`."""
+        return []
+
+
+class Reward:
+    """The `trainer.rewards` kind: an entry point names a callable with TRL's reward-function
+    signature, `fn(prompts, completions, **columns) -> list[float | None]` (a TRL user's function
+    works as it is). No subclassing: a plain function is a reward plugin."""
+
+
+def _bases() -> dict[str, type[Any]]:
     here = globals()
     return {kind.group: here[kind.base] for kind in PLUGIN_KINDS}
 
 
-BASES: dict[str, type[Plugin[Any]]] = _bases()
+BASES: dict[str, type[Any]] = _bases()
 """Each kind's base class, by entry-point group (from trainer.config.kinds.PLUGIN_KINDS)."""

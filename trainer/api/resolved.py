@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from trainer.api.contract import Adapter, Attention, Callback, Distributed, Formatter, Kernel, Plugin
+from trainer.api.contract import Adapter, Attention, Callback, Distributed, Formatter, Kernel, Method, Plugin
 from trainer.config.errors import Path
 from trainer.config.kinds import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, PLUGIN_KINDS
 from trainer.config.schema import TrainConfig
@@ -44,6 +44,10 @@ class Resolved:
     chosen: dict[str, Any] = field(default_factory=dict)
     formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
     test_formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
+
+    @property
+    def method(self) -> Chosen[Method[Any]]:
+        return self.chosen["method"]
 
     @property
     def adapter(self) -> Chosen[Adapter[Any]]:

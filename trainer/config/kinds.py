@@ -15,16 +15,26 @@ class PluginKind:
     base: str
     """The base class a plugin of this kind subclasses, by its name in `trainer.api`."""
     key: str | None
-    """The config key that chooses it (None: chosen by each dataset's `type`)."""
+    """The config key that chooses it (None: chosen elsewhere: formatters by each dataset's `type`,
+    rewards by the method's `rewards`)."""
     many: bool = False
     """The key takes a list of blocks instead of one."""
     default: str | None = None
     """The plugin chosen when the key is absent (single-block keys)."""
     description: str = ""
+    function: bool = False
+    """The entry point names a plain callable (a function) instead of a `Plugin` class."""
 
 
 PLUGIN_KINDS: tuple[PluginKind, ...] = (
     PluginKind("formatters", "Formatter", None, description="Turn each dataset's rows into trained text"),
+    PluginKind(
+        "methods",
+        "Method",
+        "method",
+        default="sft",
+        description="Training objective and its TRL trainer: sft, dpo, kto, orpo, simpo, reward, grpo",
+    ),
     PluginKind(
         "adapters", "Adapter", "adapter", default="full", description="Which weights train: full, lora, ..."
     ),
@@ -45,6 +55,13 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
         "kernels",
         many=True,
         description="Kernel plugins that swap modules or the loss for fused kernels: liger, ...",
+    ),
+    PluginKind(
+        "rewards",
+        "Reward",
+        None,
+        description="Reward functions grpo calls: fn(prompts, completions, **columns) -> list[float]",
+        function=True,
     ),
 )
 

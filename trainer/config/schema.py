@@ -248,5 +248,17 @@ class TrainConfig(Strict):
 RENAMED = {
     "resume_from_checkpoint": "resume: auto (the newest checkpoint in output_dir) or resume: PATH",
     "auto_resume_from_checkpoints": "resume: auto",
+    "rl": "`method: {value}` (dpo, kto, orpo, simpo, grpo; ipo is method: {type: dpo, loss_type: ipo})",
+    "reward_model": "`method: reward`",
+    "dpo_beta": "`method: {type: dpo, beta: {value}}`",
+    "rl_beta": "the method block's beta: `method: {type: ..., beta: {value}}`",
+    "orpo_alpha": "`method: {type: orpo, beta: {value}}`",
+    "simpo_gamma": "`method: {type: simpo, gamma: {value}}`",
+    "cpo_alpha": "`method: {type: simpo, cpo_alpha: {value}}`",
+    "dpo_label_smoothing": "`method: {type: dpo, label_smoothing: {value}}`",
+    "kto_desirable_weight": "`method: {type: kto, desirable_weight: {value}}`",
+    "kto_undesirable_weight": "`method: {type: kto, undesirable_weight: {value}}`",
+    "trl": "the method block: `method: {type: grpo, num_generations: ..., rewards: [...]}`",
 }
-"""Keys other tools use (Axolotl, TRL) and what this tool calls them: named in the unknown-key error."""
+"""Keys other tools use (Axolotl, TRL) and what this tool calls them: named in the unknown-key error
+(`{value}` stands for the value the config gave)."""

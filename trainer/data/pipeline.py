@@ -2,8 +2,10 @@
 mix, shuffle, report, cache.
 
 The result has `input_ids` and `labels` columns (-100 where no loss), which TRL's SFTTrainer uses
-as they are. With `dataset_prepared_path` the result is saved under a directory named by a
-fingerprint of everything that changes it, and reused when nothing did.
+as they are; for the other methods, the columns of their data shape (trainer.data.shapes:
+`prompt_ids`, `chosen_ids`, `rejected_ids` for preference pairs, ...). With `dataset_prepared_path`
+the result is saved under a directory named by a fingerprint of everything that changes it, and
+reused when nothing did.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ FINGERPRINT_KEYS = (
     "datasets", "test_datasets", "sequence_len", "val_set_size", "seed", "on_bad_rows", "too_long",
     "filters", "shuffle",
 )  # fmt: skip
+"""Plus the method's data shape, which decides the columns."""
 """Config keys that change the prepared data (the data files' bytes and the tokenizer are hashed too)."""
 
 
@@ -87,7 +90,9 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> Prepared:
         train_rows = _shuffled(train_rows, config.seed)
     train_examples = [example for row in train_rows for example in row]
     eval_examples = [example for row in eval_rows for example in row]
-    report.measure([len(e.input_ids) for e in train_examples], sum(e.trainable() for e in train_examples))
+    report.measure(
+        [n for e in train_examples for n in _lengths(e)], sum(e.trainable() for e in train_examples)
+    )
     train = datasets.Dataset.from_dict(_columns(train_examples))
     evals = datasets.Dataset.from_dict(_columns(eval_examples)) if eval_examples else None
     report.train_rows, report.eval_rows = len(train), len(evals) if evals is not None else 0
@@ -129,7 +134,7 @@ def _encode_source(
 ) -> _Rows:
     config = resolved.config
     formatter: Formatter = chosen.plugin
-    processor = RowProcessor(formatter, tokenizer, config)
+    processor = RowProcessor(formatter, tokenizer, config, target=data_shape(resolved))
     kept = _Rows()
     for outcome in process_rows(processor, source.rows(), config.dataset_num_proc):
         counts.rows_read += 1
@@ -214,7 +219,21 @@ def _shuffled(rows: Rows, seed: int) -> Rows:
     return [rows[i] for i in order]
 
 
-def _columns(examples: list[Encoded]) -> dict[str, list[list[int]]]:
+def data_shape(resolved: Resolved) -> str:
+    """The shape the run's method trains on (its first: KTO reads pairs as unpaired rows)."""
+    return resolved.method.plugin.data[0]
+
+
+def _lengths(example: Any) -> list[int]:
+    """Token counts of an example's sequences (one for SFT, two for a pair)."""
+    return [len(example.input_ids)] if isinstance(example, Encoded) else list(example.lengths())
+
+
+def _columns(examples: list[Any]) -> dict[str, list[Any]]:
+    if examples and not isinstance(examples[0], Encoded):
+        rows = [e.columns() for e in examples]
+        names = list(dict.fromkeys(name for row in rows for name in row))
+        return {name: [row.get(name) for row in rows] for name in names}
     return {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
 
 
@@ -280,6 +299,9 @@ def fingerprint(resolved: Resolved, tokenizer: Any, sources: list[Source] | None
     resolved_dict = resolved.to_dict()
     digest = hashlib.sha256()
     digest.update(json.dumps({k: resolved_dict[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode())
+    shape = data_shape(resolved)
+    if shape != "sft":  # SFT fingerprints stay what they were
+        digest.update(f"shape={shape}".encode())
     digest.update(__version__.encode())
     for source in sources or [Source(spec) for spec in [*config.datasets, *config.test_datasets]]:
         digest.update(source.identity().encode())

@@ -2,7 +2,8 @@
 
 A `RowProcessor` formats a batch of rows, tokenizes it in one call, applies the length policy and
 the per-row filters (regex, min/max length), and says for every row what became of it. Exact
-de-duplication needs every row at once, so it happens later, in the parent process.
+de-duplication needs every row at once, so it happens later, in the parent process. Rows of the
+other data shapes (preference pairs, KTO rows, GRPO prompts) are encoded by trainer.data.shapes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.api import Formatter, RowError, Segment
+from trainer.api import Formatter, Judged, Preference, PromptOnly, RowError, Segment
 from trainer.config.schema import TrainConfig
 from trainer.data.encode import Encoded, SegmentEncoder, fit
 from trainer.data.readers import DataError, Row
+from trainer.data.shapes import ShapeEncoder, identity
 
 BATCH_ROWS = 512
 
@@ -29,7 +31,8 @@ class Outcome:
     """What became of one row: `examples` (one, or several chunks), or a drop `reason`."""
 
     where: str
-    examples: list[Encoded]
+    examples: list[Any]
+    """Encoded (SFT) or one of trainer.data.shapes' encoded rows."""
     reason: str = ""  # '', 'bad', 'empty', 'too long', 'filtered'
     message: str = ""
     changed: str = ""  # '', 'truncated', 'chunked'
@@ -39,9 +42,12 @@ class Outcome:
 class RowProcessor:
     """Formats, encodes, fits and filters rows for one formatter."""
 
-    def __init__(self, formatter: Formatter, tokenizer: Any, config: TrainConfig):
+    def __init__(self, formatter: Formatter, tokenizer: Any, config: TrainConfig, target: str = "sft"):
         self.formatter = formatter
         self.encoder = SegmentEncoder(tokenizer, config.sequence_len)
+        self.shapes = (
+            ShapeEncoder(self.encoder, formatter, target, config.too_long) if target != "sft" else None
+        )
         self.tokenizer = tokenizer
         self.sequence_len = config.sequence_len
         self.too_long = config.too_long
@@ -58,6 +64,9 @@ class RowProcessor:
                 if not isinstance(row, dict):
                     raise DataError(where, f"a row must be an object, got {type(row).__name__}")
                 segments = self.formatter.format(row)
+                if self.shapes is not None:
+                    outcomes.append(self._shaped(where, segments))
+                    continue
             except DataError as err:
                 outcomes.append(Outcome(where, [], "bad", err.message))
                 continue
@@ -83,6 +92,31 @@ class RowProcessor:
         for (index, _), full in zip(formatted, encoded, strict=True):
             outcomes[index] = self._fit(rows[index][0], full)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _shaped(self, where: str, item: Any) -> Outcome:
+        """One formatted non-SFT row, encoded, fitted and filtered (a RowError propagates as a bad row)."""
+        assert self.shapes is not None
+        parts = {
+            Preference: ("prompt", "chosen", "rejected"),
+            Judged: ("prompt", "completion"),
+            PromptOnly: ("prompt",),
+        }
+        segments = [seg for name in parts.get(type(item), ()) for seg in getattr(item, name)]
+        if self.regexes and (hit := self._matching_regex(segments)):
+            return Outcome(where, [], "filtered", f"matches drop_regex {hit!r}")
+        try:
+            examples, changed = self.shapes.encode(item)
+        except ValueError as err:
+            if isinstance(err, RowError) or not str(err).startswith("too long: "):
+                raise
+            return Outcome(where, [], "too long", str(err)[len("too long: ") :])
+        length = max(n for example in examples for n in example.lengths())
+        if self.filters.min_length is not None and length < self.filters.min_length:
+            return Outcome(where, [], "filtered", f"{length} tokens, under min_length")
+        if self.filters.max_length is not None and length > self.filters.max_length:
+            return Outcome(where, [], "filtered", f"{length} tokens, over max_length")
+        key = hashlib.blake2b(b"".join(identity(example) for example in examples), digest_size=16).digest()
+        return Outcome(where, examples, changed=changed, key=key)
 
     def _matching_regex(self, segments: list[Segment]) -> str:
         text = "".join(seg.text if seg.ids is None else self.tokenizer.decode(seg.ids) for seg in segments)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata as md
 from dataclasses import dataclass, field
 
-from trainer.api import BASES, KINDS, Plugin
+from trainer.api import BASES, KINDS, PLUGIN_KINDS, Plugin
 from trainer.config.errors import did_you_mean
 
 GROUP_PREFIX = "trainer."
@@ -18,6 +18,10 @@ GROUP_PREFIX = "trainer."
 IMPORT_PATH_MARKS = (".", ":", "/")
 """An unknown plugin name with one of these looks like an import path (`pkg.mod:Cls`): its error says
 that plugins come only from installed entry points. No name is ever imported."""
+
+
+FUNCTION_KINDS = frozenset(kind.group for kind in PLUGIN_KINDS if kind.function)
+"""Kinds whose entry points name a plain callable, not a Plugin class."""
 
 
 class PluginError(Exception):
@@ -37,7 +41,8 @@ class Entry:
     _error: str | None = field(default=None, repr=False)
 
     def load(self) -> type[Plugin]:
-        """Import the plugin class; a failure becomes a PluginError naming the distribution."""
+        """Import the plugin class (or, for a function kind, the callable); a failure becomes a
+        PluginError naming the distribution."""
         if self._loaded is not None:
             return self._loaded
         if self._error is not None:
@@ -45,7 +50,10 @@ class Entry:
         try:
             cls = md.EntryPoint(self.name, self.target, GROUP_PREFIX + self.kind).load()
             base = BASES[self.kind]
-            if not (isinstance(cls, type) and issubclass(cls, base)):
+            if self.kind in FUNCTION_KINDS:
+                if not callable(cls) or isinstance(cls, type):
+                    raise TypeError(f"{self.target} is not a function (a trainer.api.{base.__name__})")
+            elif not (isinstance(cls, type) and issubclass(cls, base)):
                 raise TypeError(f"{self.target} is not a subclass of trainer.api.{base.__name__}")
         except Exception as err:
             self._error = (

@@ -102,7 +102,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
     problems += _check_paths(data)  # on the raw data, so a typo elsewhere does not hide these
     chosen = _choose_plugins(data, registry, problems)
     if "trainer_args" in data and isinstance(data["trainer_args"], dict):
-        problems += _check_trainer_args(data["trainer_args"])
+        problems += _check_trainer_args(data["trainer_args"], chosen.get("method"))
     if bad_keys or bad_numbers:  # the rules below assume text keys and finite numbers
         config = None
     if config is not None:
@@ -117,6 +117,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         )
         problems += _cross_checks(config)
         problems += _packing_checks(config, chosen.get("attention"))
+        problems += _method_checks(config, chosen)
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -264,7 +265,13 @@ def _message(error: Any, path: Path, model: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         if len(path) == 1 and path[0] in RENAMED:
-            return f"unknown key '{path[0]}': here it is {RENAMED[str(path[0])]}"
+            value = error.get("input")
+            shown = value if isinstance(value, str | int | float) and not isinstance(value, bool) else "..."
+            if path[0] == "rl" and value == "ipo":
+                shown = "{type: dpo, loss_type: ipo}"
+            return (
+                f"unknown key '{path[0]}': here it is {RENAMED[str(path[0])].replace('{value}', str(shown))}"
+            )
         fields = _fields_at(model, path[:-1])
         return f"unknown key '{path[-1]}'{did_you_mean(str(path[-1]), fields)}"
     if kind == "missing":
@@ -380,15 +387,35 @@ def _choose(registry: Registry, kind: str, path: Path, block: Any, problems: lis
 @functools.cache
 def sft_config_fields() -> frozenset[str]:
     """Names of trl.SFTConfig's fields (imports trl, hence torch)."""
-    import dataclasses
-
     from trl import SFTConfig
 
-    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+    return config_fields(SFTConfig)
 
 
-def _check_trainer_args(args: dict[str, Any]) -> list[Problem]:
-    known = sft_config_fields()
+def config_fields(config_class: type) -> frozenset[str]:
+    """Names of a TRL config dataclass's fields."""
+    import dataclasses
+
+    return frozenset(f.name for f in dataclasses.fields(config_class) if f.init)
+
+
+def _check_trainer_args(args: dict[str, Any], method: Chosen | None) -> list[Problem]:
+    config_class: Any = None
+    if method is not None and method.entry.name != "sft":
+        try:
+            config_class = method.plugin.trainer()[1]
+        except (ImportError, AttributeError) as err:
+            return [
+                Problem(
+                    ("method", "type"), f"method '{method.entry.name}' cannot load its TRL trainer: {err}"
+                )
+            ]
+    known = config_fields(config_class) if config_class is not None else sft_config_fields()
+    label = (
+        f"{config_class.__module__.split('.')[0]}.{config_class.__name__}"
+        if config_class
+        else "trl.SFTConfig"
+    )
     problems = []
     for key in args:
         path = ("trainer_args", key)
@@ -396,9 +423,19 @@ def _check_trainer_args(args: dict[str, Any]) -> list[Problem]:
             continue  # reported by _key_problems
         if key in OWNED_BY_TOP_LEVEL:
             problems.append(Problem(path, f"set this with the top-level key '{OWNED_BY_TOP_LEVEL[key]}'"))
+        elif method is not None and key in _method_fields(method):
+            problems.append(Problem(path, f"set this in the method block (method.{key} or its option)"))
         elif key not in known:
-            problems.append(Problem(path, f"not a trl.SFTConfig field{did_you_mean(key, known)}"))
+            problems.append(Problem(path, f"not a {label} field{did_you_mean(key, known)}"))
     return problems
+
+
+def _method_fields(method: Chosen) -> set[str]:
+    """The trainer config fields a method's options set (trainer_args may not set them again)."""
+    try:
+        return set(method.plugin.trainer_args(TrainConfig.model_construct()))
+    except Exception:  # an option that reads the config: nothing to compare with
+        return set()
 
 
 # ---- cross-key rules -------------------------------------------------------------------------
@@ -536,6 +573,66 @@ def _packing_checks(config: TrainConfig, attention: Chosen | None) -> list[Probl
                 "no packed_inputs); use attention: sdpa, eager, flex_attention or flash_attention_2",
             )
         )
+    return problems
+
+
+SFT_ONLY = {
+    "neftune_noise_alpha": "NEFTune noise is SFTTrainer's",
+    "group_by_length": "the length grouping reads SFT rows' lengths",
+    "pad_to_sequence_len": "the fixed-length padding is the SFT collator's",
+}
+"""Keys that act on supervised fine-tuning only, and why."""
+
+FORMATTER_FOR_SHAPE = {
+    "sft": "an SFT formatter (prompt_completion, alpaca, chat_template, ...)",
+    "preference": "type: preference",
+    "unpaired": "type: kto",
+    "prompt": "type: prompt",
+}
+
+
+def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]:
+    """The datasets must give the rows the method trains on, and the settings it cannot run are
+    refused with the reason."""
+    method: Chosen | None = chosen.get("method")
+    if method is None:
+        return []
+    plugin, name = method.plugin, method.entry.name
+    accepted = tuple(plugin.data)
+    problems = []
+    for target in ("formatters", "test_formatters"):
+        for formatter in filter(None, chosen.get(target, [])):
+            shape = getattr(formatter.plugin, "data", "sft")
+            if shape not in accepted:
+                wanted = FORMATTER_FOR_SHAPE.get(accepted[0], accepted[0])
+                problems.append(
+                    Problem(
+                        (*formatter.path, "type"),
+                        f"formatter '{formatter.entry.name}' gives {shape} rows, but method '{name}' trains "
+                        f"on {' or '.join(accepted)} rows: use {wanted}",
+                    )
+                )
+    if "sft" in accepted:
+        return problems
+    for key, why in SFT_ONLY.items():
+        if getattr(config, key) not in (None, False):
+            problems.append(Problem((key,), f"has no effect with method '{name}': {why}"))
+    if config.kernels:
+        problems.append(
+            Problem(
+                ("kernels",),
+                f"kernel plugins swap SFT's loss and modules; method '{name}' computes its own loss",
+            )
+        )
+    if not plugin.packing:
+        for key in ("sample_packing", "eval_sample_packing", "padding_free"):
+            if getattr(config, key):
+                problems.append(
+                    Problem(
+                        (key,),
+                        f"method '{name}' runs padded batches only (it cannot keep packed sequences apart)",
+                    )
+                )
     return problems
 
 

@@ -11,13 +11,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.api import Adapter, Contribution
+from trainer.api import Adapter, Contribution, Method
 from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.data.collate import PackedInputs
 from trainer.resolve.precision import accelerator_type
-from trainer.resolve.validate import sft_config_fields
+from trainer.resolve.validate import config_fields, sft_config_fields
 from trainer.runtime.launcher import CHECKED_ENV
 
 
@@ -142,12 +142,21 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
     return args
 
 
-def sft_config(config: TrainConfig, merged: Merged) -> Any:
-    """Build the trl.SFTConfig; an argument it rejects becomes a ConfigErrors."""
+def sft_config(config: TrainConfig, merged: Merged, method: Method[Any] | None = None) -> Any:
+    """Build the trl.SFTConfig, or the TRL config class of a `method` (its options' fields added, the
+    core's SFT-only fields left out); an argument it rejects becomes a ConfigErrors."""
     from trl import SFTConfig
 
+    config_class: Any = SFTConfig
     args = core_sft_args(config)
-    if "activation_checkpointing" in sft_config_fields():  # transformers' new name for it
+    if method is not None and method.name != "sft":
+        config_class = method.trainer()[1]
+        fields = config_fields(config_class)
+        args = {key: value for key, value in args.items() if key in fields or key == "gradient_checkpointing"}
+        args.update(method.trainer_args(config))
+    else:
+        fields = sft_config_fields()
+    if "activation_checkpointing" in fields:  # transformers' new name for it
         args["activation_checkpointing"] = args.pop("gradient_checkpointing")
     for key, value in merged.sft_args.items():
         if key in args and args[key] != value:
@@ -158,9 +167,11 @@ def sft_config(config: TrainConfig, merged: Merged) -> Any:
                 )
         args[key] = value
     try:
-        return SFTConfig(**args)
+        return config_class(**args)
     except (ValueError, TypeError) as err:
-        raise ConfigErrors([Problem(("trainer_args",), f"rejected by SFTConfig: {err}")]) from None
+        raise ConfigErrors(
+            [Problem(("trainer_args",), f"rejected by {config_class.__name__}: {err}")]
+        ) from None
 
 
 def remote_code_warning(config: TrainConfig) -> str | None:
@@ -242,21 +253,38 @@ def load_tokenizer_and_new_ids(config: TrainConfig) -> tuple[Any, list[int]]:
     return tokenizer, new_ids
 
 
-def load_model(config: TrainConfig, merged: Merged, adapter: Adapter, tokenizer: Any = None) -> Any:
+def load_model(
+    config: TrainConfig,
+    merged: Merged,
+    adapter: Adapter,
+    tokenizer: Any = None,
+    *,
+    head: str = "causal_lm",
+    for_training: bool = True,
+) -> Any:
     """The base model with the plugins' load kwargs; its embeddings grown to the tokenizer when tokens
-    were added (new rows mean-initialised, transformers' default), then the adapter's preparation."""
-    from transformers import AutoModelForCausalLM
+    were added (new rows mean-initialised, transformers' default), then the adapter's preparation
+    (`for_training`; a frozen reference copy skips it). `head` "sequence_classification" loads a
+    one-score head on the base (a reward model)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_remote_code(config, merged)
     warn_remote_code(config)
     kwargs = {"dtype": "auto", **merged.model_kwargs}
     kwargs.pop("trust_remote_code", None)  # equal to the config's (check_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.base_model, trust_remote_code=config.trust_remote_code, **kwargs
-    )
+    auto: Any = AutoModelForCausalLM
+    if head == "sequence_classification":
+        auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
+    model = auto.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
     rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     if tokenizer is not None and len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))
+    if head == "sequence_classification" and tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last real token
+    if not for_training:
+        model.eval()
+        model.requires_grad_(False)
+        return model
     return adapter.prepare_model(model, config)
 
 
@@ -352,10 +380,11 @@ class Built:
 
 
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
-    """Every plugin's contribution merged, and the SFTConfig: cheap, and fails fast on bad input."""
+    """Every plugin's contribution merged, and the trainer's config (SFTConfig, DPOConfig, ...):
+    cheap, and fails fast on bad input."""
     merged = merge(contributions(resolved))
     check_remote_code(resolved.config, merged)
-    return merged, sft_config(resolved.config, merged)
+    return merged, sft_config(resolved.config, merged, resolved.method.plugin)
 
 
 def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None) -> Built:
@@ -371,6 +400,8 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
 
     config = resolved.config
     merged, args = planned or plan(resolved)
+    if resolved.method.plugin.data[0] != "sft":
+        return build_method_trainer(resolved, merged, args)
     tokenizer, new_ids = load_tokenizer_and_new_ids(config)
     with PartialState().main_process_first():
         data = build_datasets(resolved, tokenizer)
@@ -421,3 +452,77 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         trainer.optimizer = optimizer
     parameters = count_parameters(trainer.model)
     return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args, parameters)
+
+
+def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built:
+    """Assemble the TRL trainer of a preference or RL method (`method:`) for a resolved config: the
+    data in the method's shape, the model (and a frozen reference copy when the method wants one),
+    the rewards it calls, and our subclass of the method's TRL trainer (trainer.training.methods)."""
+    from accelerate import PartialState
+
+    from trainer.data.pipeline import build_datasets
+    from trainer.outputs.run_report import PeakMemory, count_parameters
+    from trainer.resolve.registry import default_registry
+    from trainer.training import peft_support
+    from trainer.training.methods import method_trainer
+
+    config = resolved.config
+    method: Method[Any] = resolved.method.plugin
+    tokenizer, new_ids = load_tokenizer_and_new_ids(config)
+    with PartialState().main_process_first():
+        data = build_datasets(resolved, tokenizer)
+    train = method.prepare_columns(data.train, args)
+    evals = method.prepare_columns(data.eval, args) if data.eval is not None else None
+    adapter: Adapter = resolved.adapter.plugin
+    model = load_model(config, merged, adapter, tokenizer, head=method.model)
+    peft_config = merged.peft_config
+    if peft_config is not None and method.model == "sequence_classification":
+        peft_config.task_type = "SEQ_CLS"  # PEFT then trains and saves the score head in full
+    if new_ids and peft_config is not None:
+        train_new_token_rows(model, peft_config, merged.owners.get("peft_config", "the adapter"))
+    kwargs: dict[str, Any] = {}
+    if method.reference(peft=peft_config is not None) == "copy":
+        kwargs["ref_model"] = load_model(
+            config, merged, adapter, tokenizer, head=method.model, for_training=False
+        )
+    if method.rewards():
+        registry = default_registry()
+        kwargs["reward_funcs"] = [registry.get("rewards", name) for name in method.rewards()]
+    callbacks = list(merged.callbacks)
+    if merged.trainable_dtype is not None:
+        callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
+    if merged.convert_initialised_adapter:
+        callbacks.append(peft_support.ConvertToPlainAdapter())
+    trainer_class = method_trainer(method.trainer()[0])
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks or None,
+        **({"data_collator": merged.data_collator} if merged.data_collator is not None else {}),
+        **kwargs,
+        save_total_limit=config.save_total_limit,
+        watchdog={
+            "threshold": config.loss_watchdog_threshold,
+            "patience": config.loss_watchdog_patience,
+            "spike_factor": config.grad_norm_spike_factor,
+        },
+    )
+    trainer.add_callback(PeakMemory())
+    optimizer = adapter.create_optimizer(trainer.model, args)
+    if optimizer is not None:
+        trainer.optimizer = optimizer
+    parameters = count_parameters(trainer.model)
+    return Built(
+        trainer,
+        tokenizer,
+        trainer.train_dataset,
+        trainer.eval_dataset,
+        data.report,
+        data.cache_dir,
+        args,
+        parameters,
+    )

@@ -68,6 +68,7 @@ class Ia3(Adapter[Ia3Options]):
     """IA3: learned scaling vectors on a few linear layers (PEFT); the base weights stay frozen."""
 
     name = "ia3"
+    peft = True
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         opts = self.options
