@@ -41,6 +41,13 @@ class EncodedPair:
     def trainable(self) -> int:
         return len(self.chosen_ids) + len(self.rejected_ids)
 
+    def sequences(self) -> list[tuple[str, Encoded]]:
+        """Each sequence the model sees, with its trained tokens (for `preprocess --show`)."""
+        return [
+            _shown("chosen", self.prompt_ids, self.chosen_ids),
+            _shown("rejected", self.prompt_ids, self.rejected_ids),
+        ]
+
 
 @dataclass
 class EncodedJudged:
@@ -59,6 +66,9 @@ class EncodedJudged:
     def trainable(self) -> int:
         return len(self.completion_ids)
 
+    def sequences(self) -> list[tuple[str, Encoded]]:
+        return [_shown("desirable" if self.label else "undesirable", self.prompt_ids, self.completion_ids)]
+
 
 @dataclass
 class EncodedPrompt:
@@ -76,6 +86,13 @@ class EncodedPrompt:
 
     def trainable(self) -> int:
         return 0
+
+    def sequences(self) -> list[tuple[str, Encoded]]:
+        return [("prompt (completed by the model)", _shown("", self.prompt_ids, [])[1])]
+
+
+def _shown(label: str, prompt: list[int], completion: list[int]) -> tuple[str, Encoded]:
+    return label, Encoded(prompt + completion, [IGNORE] * len(prompt) + completion)
 
 
 def identity(example: Any) -> bytes:

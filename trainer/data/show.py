@@ -13,19 +13,20 @@ from typing import Any
 from trainer.api import Formatter
 from trainer.api.resolved import Resolved
 from trainer.data.encode import IGNORE, Encoded
+from trainer.data.pipeline import data_shape
 from trainer.data.process import RowProcessor, process_rows
 from trainer.data.readers import Source
 
 GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 
 
-def preview(resolved: Resolved, tokenizer: Any, count: int) -> Iterator[tuple[str, Encoded | str]]:
+def preview(resolved: Resolved, tokenizer: Any, count: int) -> Iterator[tuple[str, Any]]:
     """The first `count` training rows in file order: (location, example) or (location, why it is
     dropped). Call after `pipeline.prepare_formatters`."""
     shown = 0
     for spec, chosen in zip(resolved.config.datasets, resolved.formatters, strict=True):
         formatter: Formatter = chosen.plugin
-        processor = RowProcessor(formatter, tokenizer, resolved.config)
+        processor = RowProcessor(formatter, tokenizer, resolved.config, target=data_shape(resolved))
         rows = Source(spec).rows()
         for outcome in process_rows(processor, islice(rows, count - shown), num_proc=1):
             if outcome.reason:
@@ -62,6 +63,13 @@ def render(resolved: Resolved, tokenizer: Any, count: int, color: bool) -> list[
     for where, item in preview(resolved, tokenizer, count):
         if isinstance(item, str):
             lines += [f"--- {where}", item]
+            continue
+        if not isinstance(item, Encoded):  # a preference pair, a KTO row, a GRPO prompt
+            for label, sequence in item.sequences():
+                lines += [
+                    f"--- {where} {label}: {len(sequence.input_ids)} tokens, {sequence.trainable()} trained",
+                    marked(tokenizer, sequence, color),
+                ]
             continue
         trainable = item.trainable()
         lines += [

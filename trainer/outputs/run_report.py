@@ -10,6 +10,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 CURVES_NAME = "training_curves.png"
+PREFERENCE_ACCURACY = "preference_accuracy"
+"""Logged by preference methods at the start and end of training: held-out pairs whose chosen
+completion the model scores above the rejected one (trainer.training.methods)."""
 NO_EVAL = "no eval loss: add val_set_size or test_datasets to diagnose fitting"
 TOLERANCE = 0.02
 MIN_GAIN = 0.05

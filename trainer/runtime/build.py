@@ -459,12 +459,14 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     data in the method's shape, the model (and a frozen reference copy when the method wants one),
     the rewards it calls, and our subclass of the method's TRL trainer (trainer.training.methods)."""
     from accelerate import PartialState
+    from transformers.trainer_callback import ProgressCallback
 
     from trainer.data.pipeline import build_datasets
     from trainer.outputs.run_report import PeakMemory, count_parameters
     from trainer.resolve.registry import default_registry
     from trainer.training import peft_support
-    from trainer.training.methods import method_trainer
+    from trainer.training.methods import PairPreference, method_trainer
+    from trainer.training.progress import TokenProgress
 
     config = resolved.config
     method: Method[Any] = resolved.method.plugin
@@ -512,6 +514,10 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
         },
     )
     trainer.add_callback(PeakMemory())
+    if data.eval is not None and "chosen_ids" in data.eval.column_names:
+        trainer.add_callback(PairPreference(trainer, data.eval, tokenizer.pad_token_id, method.model))
+    if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
+        trainer.add_callback(TokenProgress())
     optimizer = adapter.create_optimizer(trainer.model, args)
     if optimizer is not None:
         trainer.optimizer = optimizer

@@ -312,7 +312,14 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
     """The loss before and after, the summary table with the fit diagnosis, and (a side effect, on
     the main process that calls this, unless `curves` is off) output_dir/training_curves.png titled
     by the diagnosis."""
-    from trainer.outputs.run_report import CURVES_NAME, diagnose, summary, table, write_curves
+    from trainer.outputs.run_report import (
+        CURVES_NAME,
+        PREFERENCE_ACCURACY,
+        diagnose,
+        summary,
+        table,
+        write_curves,
+    )
 
     history = built.trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -322,6 +329,12 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
         lines.append(f"train loss: first logged {train_losses[0]:.4f} -> last logged {train_losses[-1]:.4f}")
     if len(eval_losses) >= 2:
         lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
+    accuracy = [h[PREFERENCE_ACCURACY] for h in history if PREFERENCE_ACCURACY in h]
+    if len(accuracy) >= 2:
+        lines.append(
+            f"preference accuracy (held-out pairs, chosen scored above rejected): before {accuracy[0]:.1%} "
+            f"-> after {accuracy[-1]:.1%}"
+        )
     diagnosis = diagnose(history)
     if curves:
         write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis)

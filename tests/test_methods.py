@@ -1,0 +1,175 @@
+"""Preference methods (`method:`): the DPO loss equals the paper's formula from hand-computed
+policy and reference log-probs, the reference is the base model bit for bit, each method learns the
+toy preference (the capitalised answer), and a reward model ranks held-out pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from tests.conftest import run_api, toy_config, write_yaml  # noqa: E402
+from trainer.training.methods import preference_accuracy  # noqa: E402
+
+
+def pref_config(model: Path, data: Path, out: Path, method: Any, **overrides: Any) -> dict[str, Any]:
+    """A short preference run on the toy pairs (`data` is the toy folder), evaluated on held-out pairs."""
+    config = toy_config(
+        model,
+        data / "pref_train.jsonl",
+        out,
+        method=method,
+        datasets=[{"path": str(data / "pref_train.jsonl"), "type": "preference"}],
+        test_datasets=[{"path": str(data / "pref_eval.jsonl"), "type": "preference"}],
+        max_eval_samples=64,
+        max_train_samples=160,
+        micro_batch_size=8,
+        max_steps=20,
+        learning_rate=5e-3,
+        eval_strategy="no",
+    )
+    config.update(overrides)
+    return config
+
+
+def built_trainer(tmp_path: Path, config: dict[str, Any]) -> Any:
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import build_trainer
+
+    return build_trainer(load_config(str(write_yaml(tmp_path / "cfg.yml", config))))
+
+
+def completion_logps(model: Any, batch: dict[str, Any]) -> Any:
+    """Summed log-probabilities of each sequence's completion tokens, by hand from the logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logps = torch.log_softmax(logits[:, :-1], dim=-1)
+    taken = logps.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (taken * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+def paper_loss(loss_type: str, beta: float, policy: Any, reference: Any, lengths: Any) -> Any:
+    """DPO (Rafailov et al. 2023, eq. 7), IPO (Azar et al. 2023, eq. 17, per-token averaged log
+    ratios as TRL documents) and the hinge loss (SLiC, Zhao et al. 2023)."""
+    chosen, rejected = (policy - reference).chunk(2)
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * (chosen - rejected)).mean()
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * (chosen - rejected)).mean()
+    chosen_len, rejected_len = lengths.chunk(2)
+    return ((chosen / chosen_len - rejected / rejected_len - 1 / (2 * beta)) ** 2).mean()
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_loss_is_the_papers_formula(tiny_model, toy_data, tmp_path, loss_type) -> None:  # type: ignore[no-untyped-def]
+    beta = 0.5
+    method = {"type": "dpo", "beta": beta, "loss_type": loss_type}
+    config = pref_config(tiny_model, toy_data, tmp_path / "o", method, adapter={"type": "lora", "r": 4})
+    trainer = built_trainer(tmp_path, config).trainer
+    model = trainer.model
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter, so policy and reference differ
+            parameter.data.normal_(0, 0.1)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        policy = completion_logps(model, batch)
+        with model.disable_adapter():
+            reference = completion_logps(model, batch)
+    assert (policy - reference).abs().max() > 0.1  # the adapter moved the log-probs
+    expected = paper_loss(loss_type, beta, policy, reference, batch["completion_mask"].sum(-1).float())
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+
+
+def test_reference_log_probs_are_the_base_models_bit_for_bit(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under LoRA the reference is the model with its adapter switched off; under full training a
+    frozen copy. Both give the untrained base model's log-probs exactly, even once the adapter moved."""
+    lora = pref_config(tiny_model, toy_data, tmp_path / "a", "dpo", adapter={"type": "lora", "r": 4})
+    lora_trainer = built_trainer(tmp_path, lora).trainer
+    for name, parameter in lora_trainer.model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.fill_(0.05)
+    full = pref_config(tiny_model, toy_data, tmp_path / "b", "dpo")
+    full_trainer = built_trainer(tmp_path, full).trainer
+    assert full_trainer.ref_model is not None and lora_trainer.ref_model is None
+    batch = next(iter(lora_trainer.get_train_dataloader()))
+    via_adapter_off = torch.cat(lora_trainer.compute_ref_log_probs(lora_trainer.model, dict(batch)))
+    via_frozen_copy = torch.cat(full_trainer.compute_ref_log_probs(full_trainer.ref_model, dict(batch)))
+    assert torch.equal(via_adapter_off, via_frozen_copy)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        by_hand = completion_logps(base, batch)
+    torch.testing.assert_close(via_adapter_off, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def accuracies(built: Any) -> list[float]:
+    return [h["preference_accuracy"] for h in built.trainer.state.log_history if "preference_accuracy" in h]
+
+
+def test_dpo_with_lora_learns_the_held_out_preference(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = pref_config(tiny_model, toy_data, tmp_path / "o", {"type": "dpo", "beta": 0.1}, adapter="lora")
+    built = run_api(tmp_path, config)
+    before, after = accuracies(built)
+    assert 0.3 <= before <= 0.7  # the untrained model has no preference between the cases
+    assert after >= 0.9
+    assert built.trainer.state.log_history[-3]["rewards/accuracies"] >= 0.9  # TRL's, on the last steps
+    from peft import AutoPeftModelForCausalLM
+
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "o")  # the output is a plain PEFT adapter
+    assert loaded.peft_config["default"].r == 16  # lora's default rank
+
+
+@pytest.mark.parametrize(
+    "method,dataset",
+    [
+        ({"type": "kto"}, "kto"),
+        ({"type": "kto"}, "preference"),
+        ({"type": "orpo"}, "preference"),
+        ({"type": "simpo"}, "preference"),
+    ],
+)
+def test_kto_orpo_simpo_raise_the_held_out_preference(  # type: ignore[no-untyped-def]
+    tiny_model, toy_data, tmp_path, method, dataset
+) -> None:
+    config = pref_config(tiny_model, toy_data, tmp_path / "o", method, adapter="lora")
+    if method["type"] != "kto":
+        before, after = accuracies(run_api(tmp_path, config))
+    else:  # KTO evaluates on unpaired rows: measure on the held-out pairs here
+        if dataset == "kto":
+            config["datasets"] = [{"path": str(toy_data / "kto_train.jsonl"), "type": "kto"}]
+        built = run_api(tmp_path, config)
+        pairs = held_out_pairs(tiny_model, toy_data, tmp_path)
+        pad = built.tokenizer.pad_token_id
+        with built.trainer.model.disable_adapter():
+            before = preference_accuracy(built.trainer.model, pairs, pad, "causal_lm")
+        after = preference_accuracy(built.trainer.model, pairs, pad, "causal_lm")
+    assert after >= before + 0.2, (before, after)
+
+
+def held_out_pairs(model: Path, data: Path, tmp_path: Path) -> Any:
+    """The toy task's held-out pairs, prepared as a DPO run prepares them."""
+    from trainer.data.pipeline import build_datasets
+    from trainer.resolve.validate import load_config
+    from trainer.runtime.build import load_tokenizer
+
+    config = pref_config(model, data, tmp_path / "pairs", "dpo")
+    resolved = load_config(str(write_yaml(tmp_path / "pairs.yml", config)))
+    return build_datasets(resolved, load_tokenizer(resolved.config)).eval
+
+
+def test_reward_model_ranks_held_out_pairs(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = pref_config(tiny_model, toy_data, tmp_path / "o", "reward", learning_rate=1e-3)
+    built = run_api(tmp_path, config)
+    before, after = accuracies(built)
+    assert after >= 0.9, (before, after)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "o")  # loads as a reward model
+    assert model.config.num_labels == 1
