@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = {
         "orpo = plugins.methods.preference:Orpo",
         "simpo = plugins.methods.preference:Simpo",
         "reward = plugins.methods.preference:Reward",
+        "grpo = plugins.methods.grpo:Grpo",
     ],
     "trainer.adapters": [
         "full = plugins.adapters.full:Full",
@@ -52,6 +53,10 @@ BUILTIN_PLUGINS = {
     ],
     "trainer.kernels": [
         "liger = plugins.kernels.liger:Liger",
+    ],
+    "trainer.rewards": [
+        "answer_match = plugins.rewards.rules:answer_match",
+        "answer_similarity = plugins.rewards.rules:answer_similarity",
     ],
 }
 

@@ -33,6 +33,7 @@ class Kto(Method[KtoOptions]):
 
     name = "kto"
     data = ("unpaired", "preference")
+    packing = True  # padding-free batches; not sample_packing (see check)
     metrics = ("rewards/margins", "rewards/chosen", "rewards/rejected")
 
     def trainer(self) -> tuple[type, type]:
@@ -44,6 +45,15 @@ class Kto(Method[KtoOptions]):
             problems.append(
                 "the kto loss estimates its KL term from the other rows of a micro-batch: set "
                 "micro_batch_size to 2 or more (or loss_type: apo_zero_unpaired)"
+            )
+        if config.sample_packing and self.options.loss_type == "kto":
+            problems.append(
+                (
+                    "loss_type",
+                    "the kto loss pairs each row with a micro-batch neighbour's completion for its KL term, "
+                    "which packed micro-batches of changing size would break: use sample_packing: false "
+                    "(batches are padding-free anyway) or loss_type: apo_zero_unpaired",
+                )
             )
         if self.options.reference == "adapter_off" and not getattr(config.plugin("adapter"), "peft", False):
             problems.append(("reference", "adapter_off needs a PEFT adapter (lora, qlora): use frozen_copy"))

@@ -84,6 +84,7 @@ class Dpo(Method[DpoOptions]):
 
     name = "dpo"
     data = ("preference",)
+    packing = True
     metrics = PREFERENCE_METRICS
 
     def trainer(self) -> tuple[type, type]:
@@ -144,6 +145,7 @@ class Orpo(Method[OrpoOptions]):
 
     name = "orpo"
     data = ("preference",)
+    packing = True
     metrics = PREFERENCE_METRICS
 
     def trainer(self) -> tuple[type, type]:
@@ -167,6 +169,7 @@ class Simpo(Method[SimpoOptions]):
 
     name = "simpo"
     data = ("preference",)
+    packing = True
     metrics = PREFERENCE_METRICS
 
     def trainer(self) -> tuple[type, type]:

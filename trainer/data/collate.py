@@ -136,3 +136,14 @@ def _restarting_positions(lengths: list[int]) -> Any:
     import torch
 
     return torch.cat([torch.arange(n) for n in lengths])
+
+
+@dataclass
+class Ungrouped:
+    """Batches packed groups of rows (trainer.data.packing.PackedGroups) with a collator of plain
+    rows: the micro-batch is every row of its groups (an item that is a plain row stays one)."""
+
+    inner: Any
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.inner([row for item in items for row in item.get("rows", [item])])

@@ -83,17 +83,38 @@ def example_lengths(dataset: Any) -> list[int]:
     return pc.list_value_length(table.column("input_ids")).to_pylist()
 
 
-class PackedDataset:
-    """A map-style torch dataset whose items are packed rows of a prepared dataset.
+def sequence_tokens(dataset: Any) -> list[int]:
+    """Tokens each row of a prepared preference or KTO dataset puts through the model: a pair's
+    two sequences (the prompt twice), a KTO row's one; an SFT row's `input_ids`."""
+    import pyarrow.compute as pc
 
-    Item: `input_ids` and `labels` of the row's examples concatenated, and `seq_lengths`. Epoch e
-    uses the rows of `plan.rows(seed + e)`; the trainer calls `set_epoch` at each epoch start.
-    """
+    columns = set(dataset.column_names)
+    if "chosen_ids" not in columns and "completion_ids" not in columns:
+        return example_lengths(dataset)
+    names = (
+        ["prompt_ids", "chosen_ids", "rejected_ids"]
+        if "chosen_ids" in columns
+        else ["prompt_ids", "completion_ids"]
+    )
+    table = dataset.select_columns(names).with_format("arrow")[:]
+    counts = [pc.list_value_length(table.column(name)) for name in names]
+    total = pc.add(counts[0], counts[0]) if "chosen_ids" in columns else counts[0]
+    for count in counts[1:]:
+        total = pc.add(total, count)
+    return total.to_pylist()
 
-    def __init__(self, dataset: Any, capacity: int, seed: int):
+
+class PackedGroups:
+    """A map-style torch dataset whose items are packed groups of whole rows of a prepared dataset:
+    for the preference methods, whose collator batches rows as they are (a pair's two sequences
+    stay together). Item: {"rows": [row, ...]}. Epoch e uses the rows of `plan.rows(seed + e)`; the
+    trainer calls `set_epoch` at each epoch start."""
+
+    def __init__(self, dataset: Any, capacity: int, seed: int, lengths: list[int] | None = None):
         self.dataset = dataset
         self.seed = seed
-        self.plan = PackingPlan.best_fit_decreasing(example_lengths(dataset), capacity)
+        lengths = lengths if lengths is not None else sequence_tokens(dataset)
+        self.plan = PackingPlan.best_fit_decreasing(lengths, capacity)
         self.epoch = -1
         self.set_epoch(0)
 
@@ -105,7 +126,28 @@ class PackedDataset:
     def __len__(self) -> int:
         return len(self.plan.slots)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"rows": [self.dataset[i] for i in self._rows[index]]}
+
+    def summary(self) -> str:
+        examples = sum(len(row) for row in self.plan.slots)
+        return (
+            f"packing: {examples:,} rows -> {len(self):,} groups of up to {self.plan.capacity:,} tokens "
+            f"({examples / max(1, len(self)):.1f} per group, best-fit decreasing); each sequence attends "
+            f"only to itself; packing efficiency {self.plan.efficiency:.1%}"
+        )
+
+
+class PackedDataset(PackedGroups):
+    """A map-style torch dataset whose items are packed rows of a prepared SFT dataset.
+
+    Item: `input_ids` and `labels` of the row's examples concatenated, and `seq_lengths`.
+    """
+
+    def __init__(self, dataset: Any, capacity: int, seed: int):
+        super().__init__(dataset, capacity, seed, example_lengths(dataset))
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:  # type: ignore[override]
         members = self.dataset[self._rows[index]]
         return {
             "input_ids": [t for ids in members["input_ids"] for t in ids],

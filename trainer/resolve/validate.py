@@ -624,15 +624,27 @@ def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]
                 f"kernel plugins swap SFT's loss and modules; method '{name}' computes its own loss",
             )
         )
-    if not plugin.packing:
-        for key in ("sample_packing", "eval_sample_packing", "padding_free"):
-            if getattr(config, key):
-                problems.append(
-                    Problem(
-                        (key,),
-                        f"method '{name}' runs padded batches only (it cannot keep packed sequences apart)",
-                    )
+    attention = chosen.get("attention")
+    reads_rows = attention is not None and getattr(attention.plugin, "packed_inputs", None) == "position_ids"
+    for key in ("sample_packing", "eval_sample_packing", "padding_free"):
+        if not getattr(config, key):
+            continue
+        if not plugin.packing:
+            problems.append(
+                Problem(
+                    (key,),
+                    f"method '{name}' runs padded batches only (it cannot keep packed sequences apart)",
                 )
+            )
+        elif not reads_rows and key != "padding_free":  # padding_free has its own rule (_packing_checks)
+            kernel = attention.entry.name if attention is not None else "?"
+            problems.append(
+                Problem(
+                    (key,),
+                    f"method '{name}' packs sequences as flattened rows, which attention '{kernel}' cannot "
+                    "keep apart: use attention: sdpa, flex_attention or flash_attention_2",
+                )
+            )
     return problems
 
 

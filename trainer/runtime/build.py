@@ -461,11 +461,13 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     from accelerate import PartialState
     from transformers.trainer_callback import ProgressCallback
 
+    from trainer.data.collate import Ungrouped
+    from trainer.data.packing import PackedGroups
     from trainer.data.pipeline import build_datasets
     from trainer.outputs.run_report import PeakMemory, count_parameters
     from trainer.resolve.registry import default_registry
     from trainer.training import peft_support
-    from trainer.training.methods import PairPreference, method_trainer
+    from trainer.training.methods import PairPreference, flatten_padded_batches, method_trainer
     from trainer.training.progress import TokenProgress
 
     config = resolved.config
@@ -514,6 +516,19 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
         },
     )
     trainer.add_callback(PeakMemory())
+    attention = resolved.attention.plugin
+    if method.packing and attention.packed_inputs == "position_ids" and config.padding_free is not False:
+        flatten_padded_batches(trainer.model, getattr(trainer, "ref_model", None))
+    if config.sample_packing:  # groups of whole rows; a pair's two sequences count together
+        per_row = 2 if "chosen_ids" in train.column_names else 1
+        trainer.train_dataset = PackedGroups(
+            trainer.train_dataset, per_row * config.sequence_len, config.seed
+        )
+        if config.eval_sample_packing and trainer.eval_dataset is not None:
+            trainer.eval_dataset = PackedGroups(
+                trainer.eval_dataset, per_row * config.sequence_len, config.seed
+            )
+        trainer.data_collator = Ungrouped(trainer.data_collator)
     if data.eval is not None and "chosen_ids" in data.eval.column_names:
         trainer.add_callback(PairPreference(trainer, data.eval, tokenizer.pad_token_id, method.model))
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm

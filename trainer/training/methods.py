@@ -9,6 +9,13 @@ dataset is skipped:
   prepared rows (their columns are the ones TRL's collators read);
 - the older experimental ones (ORPO, CPO) map `tokenize_row` over the rows, which here turns our
   columns into the `prompt_input_ids` / `chosen_labels` / ... columns their collator reads.
+
+Padding-free and packed batches (`flatten_padded_batches`): TRL's preference trainers pad every
+sequence of a micro-batch to the longest (TRL 1.16 has no padding-free DPO). Hooks around the
+model's backbone run the right-padded batch as one row of its real tokens instead, with position
+ids restarting at each sequence, so the attention kernel (sdpa's tiles, flash-attention's varlen)
+keeps every sequence to itself; the hidden states are put back in the padded layout, so the LM head,
+the log-probs and every loss and metric of the trainer are computed as TRL computes them.
 """
 
 from __future__ import annotations
@@ -111,3 +118,75 @@ class PairPreference(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._measure()
+
+
+def backbone(model: Any) -> Any:
+    """The transformer under the LM (or score) head: what TRL's fused head calls `base_model`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model
+
+
+class FlattenedRows:
+    """Forward hooks on a backbone: a right-padded [N, L] batch runs as one [1, T] row of its T real
+    tokens (position ids restarting per sequence, no attention mask), and its hidden states come back
+    as [N, L, H] with zeros at the padding. Batches without padding, left-padded ones and cached
+    (generation) calls run unchanged."""
+
+    def __init__(self, module: Any):
+        self._pending: list[tuple[Any, Any]] = []
+        self._handles = [
+            module.register_forward_pre_hook(self._flatten, with_kwargs=True),
+            module.register_forward_hook(self._unflatten, with_kwargs=True),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _flatten(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import torch
+
+        ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
+        if (
+            ids is None
+            or mask is None
+            or mask.dim() != 2
+            or kwargs.get("past_key_values") is not None
+            or kwargs.get("position_ids") is not None
+        ):
+            self._pending.append((None, None))
+            return None
+        lengths = mask.sum(-1)
+        right_padded = torch.equal(
+            mask.bool(), torch.arange(mask.size(1), device=mask.device) < lengths[:, None]
+        )
+        if not right_padded or bool((lengths == mask.size(1)).all()):
+            self._pending.append((None, None))
+            return None
+        keep = mask.bool().reshape(-1)
+        positions = torch.cat([torch.arange(int(n), device=ids.device) for n in lengths.tolist()])
+        self._pending.append((keep, ids.shape))
+        kwargs = {**kwargs, "input_ids": ids.reshape(-1)[keep][None], "attention_mask": None}
+        kwargs["position_ids"] = positions[None]
+        return args[1:] if args else (), kwargs
+
+    def _unflatten(self, module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        keep, shape = self._pending.pop()
+        if keep is None:
+            return output
+        hidden = output.last_hidden_state[0]
+        index = keep.nonzero().squeeze(-1)
+        padded = hidden.new_zeros(keep.numel(), hidden.size(-1)).index_copy(0, index, hidden)
+        output.last_hidden_state = padded.view(*shape, hidden.size(-1))
+        return output
+
+
+def flatten_padded_batches(*models: Any) -> list[FlattenedRows]:
+    """Run each model's right-padded batches as single rows of real tokens (see FlattenedRows)."""
+    hooks = []
+    for model in models:
+        while hasattr(model, "module"):  # a DeepSpeed engine or a DDP wrapper
+            model = model.module
+        if model is not None:
+            hooks.append(FlattenedRows(backbone(model)))
+    return hooks
