@@ -32,7 +32,7 @@ GRPO_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "ves
 
 
 class RewardWeight(Options):
-    name: str = Field(description="A trainer.rewards entry point (`python -m trainer.cli.plugins` lists them)")
+    name: str = Field(description="A trainer.rewards entry point (`trainer plugins` lists them)")
     weight: float = Field(1.0, description="Its weight in the summed reward")
 
 
@@ -124,7 +124,7 @@ class Grpo(Method[GrpoOptions]):
                     f"each generation batch must hold whole groups of {g} completions, but it holds {batch} "
                     f"(micro_batch_size {config.micro_batch_size} x {processes} process(es) x "
                     f"{_steps_per_generation(config)} step(s) per generation): choose a num_generations that "
-                    f"divides {batch}, or a micro_batch_size or gradient_accumulation_steps that {g} divides",
+                    f"divides {batch}, or make micro_batch_size x gradient_accumulation_steps a multiple of {g}",
                 )
             )
         evaluates = config.eval_strategy not in (None, "no")

@@ -1,1 +1,1 @@
-"""Built-in reward functions (the `trainer.rewards` plugins) that `grpo` calls: answer_match, answer_similarity."""
+"""Built-in reward functions (`trainer.rewards` plugins) for grpo: answer_match, answer_similarity."""

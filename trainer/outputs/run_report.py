@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 from datetime import timedelta
@@ -178,21 +179,39 @@ def table(rows: dict[str, str]) -> list[str]:
     return ["run summary:", *(f"  {key:<{width}}  {value}" for key, value in rows.items())]
 
 
-def write_curves(history: list[dict[str, Any]], path: str, title: str) -> str:
+def metric_keys(history: list[dict[str, Any]], patterns: tuple[str, ...]) -> list[str]:
+    """The logged training metrics matching `patterns` (fnmatch, e.g. "rewards/*/mean"), in the order
+    first logged; each one's eval_ twin is drawn beside it."""
+    seen: dict[str, None] = {}
+    for entry in history:
+        for key in entry:
+            if not key.startswith("eval_") and any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                seen.setdefault(key, None)
+    return list(seen)
+
+
+def write_curves(history: list[dict[str, Any]], path: str, title: str, metrics: tuple[str, ...] = ()) -> str:
     """Train and eval loss, learning rate and grad norm against the step, as a PNG at `path` (written
-    to a temporary file first, then renamed). Agg canvas: no pyplot, no GUI, no global state."""
+    to a temporary file first, then renamed); with `metrics` (a method's, e.g. reward margin and
+    preference accuracy, or the mean of each GRPO reward) a panel of those, train and eval. Agg
+    canvas: no pyplot, no GUI, no global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 9))  # a fixed layout: half the time of a layout engine
+    extra = metric_keys(history, metrics)
+    figure = Figure(figsize=(8, 12 if extra else 9))  # a fixed layout: half the time of a layout engine
     FigureCanvasAgg(figure)
     figure.subplots_adjust(left=0.1, right=0.97, bottom=0.06, top=0.93, hspace=0.1)
-    loss_axes, lr_axes, grad_axes = figure.subplots(3, 1, sharex=True)
+    axes_list = figure.subplots(4 if extra else 3, 1, sharex=True)
+    loss_axes, lr_axes, grad_axes = axes_list[:3]
     panels = [
         (loss_axes, "loss", [("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-")]),
         (lr_axes, "learning rate", [("learning_rate", "learning rate", "-")]),
         (grad_axes, "grad norm", [("grad_norm", "grad norm", "-")]),
     ]
+    if extra:
+        series = [(key, key, "-") for key in extra] + [(f"eval_{key}", f"eval {key}", "o-") for key in extra]
+        panels.append((axes_list[3], "method metrics", series))
     for axes, ylabel, series in panels:
         for key, label, style in series:
             points = _curve(history, key)
@@ -206,7 +225,10 @@ def write_curves(history: list[dict[str, Any]], path: str, title: str) -> str:
         loss_axes.axvline(best_step, linestyle=":", color="grey", label="lowest eval loss")
     if loss_axes.get_lines():
         loss_axes.legend()
-    grad_axes.set_xlabel("optimizer step")
+    axes_list[-1].set_xlabel("optimizer step")
+    for axes in axes_list[3:]:
+        if axes.get_lines():
+            axes.legend(fontsize=7)
     figure.suptitle(title, fontsize=10, wrap=True)
     temporary = f"{path}.tmp"
     figure.savefig(temporary, format="png", dpi=100)

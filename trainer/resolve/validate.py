@@ -118,6 +118,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems += _cross_checks(config)
         problems += _packing_checks(config, chosen.get("attention"))
         problems += _method_checks(config, chosen)
+        problems += _reward_checks(chosen, registry)
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -645,6 +646,26 @@ def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]
                     "keep apart: use attention: sdpa, flex_attention or flash_attention_2",
                 )
             )
+    return problems
+
+
+def _reward_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Each reward the method names (`method.rewards[i]`, a name or a block's `name`) must be an
+    installed `trainer.rewards` entry point that loads: the registry's error (did-you-mean, the
+    known names, an import failure) at the name's line."""
+    method: Chosen | None = chosen.get("method")
+    if method is None:
+        return []
+    listed = getattr(method.plugin.options, "rewards", None)
+    problems = []
+    for i, name in enumerate(method.plugin.rewards()):
+        try:
+            registry.get("rewards", name)
+        except PluginError as err:
+            path: Path = method.path
+            if isinstance(listed, list | tuple) and i < len(listed):
+                path = (*path, "rewards", i) if isinstance(listed[i], str) else (*path, "rewards", i, "name")
+            problems.append(Problem(path, str(err)))
     return problems
 
 

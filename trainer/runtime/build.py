@@ -377,6 +377,7 @@ class Built:
     cache_dir: str | None
     args: Any
     parameters: tuple[int, int] = (0, 0)  # (trainable, total), counted before training wraps the model
+    metrics: tuple[str, ...] = ()  # the method's logged metrics drawn in training_curves.png
 
 
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
@@ -464,7 +465,7 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     from trainer.data.collate import Ungrouped
     from trainer.data.packing import PackedGroups
     from trainer.data.pipeline import build_datasets
-    from trainer.outputs.run_report import PeakMemory, count_parameters
+    from trainer.outputs.run_report import PREFERENCE_ACCURACY, PeakMemory, count_parameters
     from trainer.resolve.registry import default_registry
     from trainer.training import peft_support
     from trainer.training.methods import PairPreference, flatten_padded_batches, method_trainer
@@ -546,4 +547,5 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
         data.cache_dir,
         args,
         parameters,
+        metrics=(*method.metrics, PREFERENCE_ACCURACY),
     )

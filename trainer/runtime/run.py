@@ -337,7 +337,8 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
         )
     diagnosis = diagnose(history)
     if curves:
-        write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis)
+        metrics = tuple(getattr(built, "metrics", ()))
+        write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis, metrics)
     lines += table(summary(built.trainer, built.parameters, diagnosis))
     plot = f", {CURVES_NAME}" if curves else ""
     lines.append(

@@ -55,7 +55,13 @@ class MethodFeatures:
 def method_trainer(trl_class: type) -> type:
     """Our trainer class for a TRL trainer class (one class per TRL class, so pickling and
     isinstance checks see the same type every time)."""
-    return type(trl_class.__name__, (MethodFeatures, RunFeatures, trl_class), {"__module__": __name__})
+    from trl import GRPOTrainer
+
+    from trainer.training.grpo import GrpoFeatures
+
+    extra = (GrpoFeatures,) if issubclass(trl_class, GRPOTrainer) else ()
+    bases = (*extra, MethodFeatures, RunFeatures, trl_class)
+    return type(trl_class.__name__, bases, {"__module__": __name__})
 
 
 def preference_accuracy(model: Any, pairs: Any, pad_id: int, head: str, batch_size: int = 16) -> float:
