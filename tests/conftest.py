@@ -120,6 +120,9 @@ def examples_layout(root: Path, model: Path, data: Path) -> Path:
     (root / "data").mkdir()
     (root / "data" / "toy").symlink_to(data)
     shutil.copy(data / "train.jsonl", root / "data" / "train.jsonl")  # the pythia recipe's file
+    shutil.copy(data / "pref_train.jsonl", root / "data" / "prefs.jsonl")  # the chat DPO recipe's file
+    (root / "runs").mkdir()
+    (root / "runs" / "quickstart").symlink_to(model)  # what examples/quickstart.yml trains
     shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("plugin-package"))
     return root
 

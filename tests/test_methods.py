@@ -173,3 +173,53 @@ def test_reward_model_ranks_held_out_pairs(tiny_model, toy_data, tmp_path) -> No
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "o")  # loads as a reward model
     assert model.config.num_labels == 1
+
+
+@pytest.mark.parametrize(
+    "adapter,packing", [("full", False), ("lora", True)], ids=["full-frozen-copy", "lora-packed"]
+)
+def test_resumed_dpo_equals_uninterrupted(tiny_model, toy_data, tmp_path, adapter, packing) -> None:  # type: ignore[no-untyped-def]
+    """A DPO run stopped after step 3 (its checkpoint alone in a fresh output_dir) and resumed gives the
+    uninterrupted run's per-step losses, reward margins and final weights, to 1e-6."""
+    from tests.test_long_runs import final_weights, max_difference, stopped_at, train_logged
+
+    config = pref_config(
+        tiny_model, toy_data, tmp_path / "ref", "dpo", adapter=adapter, sample_packing=packing,
+        max_steps=8, save_strategy="steps", save_steps=3, max_train_samples=40, lr_scheduler="cosine",
+        warmup_steps=2, test_datasets=[],
+    )  # fmt: skip
+    reference = run_api(tmp_path, config, name="ref.yml")
+    stopped_at(tmp_path / "ref", 3, tmp_path / "resumed")
+    resumed, lines = train_logged(
+        write_yaml(tmp_path / "resumed.yml", dict(config, output_dir=str(tmp_path / "resumed"))),
+        ["resume=auto"],
+    )
+    assert f"resuming from {tmp_path / 'resumed' / 'checkpoint-3'}" in lines
+
+    def logged(run: Any, key: str) -> list[float]:
+        return [h[key] for h in run.trainer.state.log_history if "loss" in h]
+
+    assert [h["step"] for h in resumed.trainer.state.log_history if "loss" in h] == list(range(1, 9))
+    for key in ("loss", "rewards/margins"):
+        assert logged(resumed, key) == pytest.approx(logged(reference, key), abs=1e-6)
+    assert max_difference(final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")) <= 1e-6
+
+
+def test_quickstart_dpo_preset_after_sft(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """examples/quickstart-dpo.yml, as the README runs it after the SFT quickstart (here on a short SFT
+    run in a repo-like folder): DPO teaches the preference SFT never showed, and the run prints the
+    held-out preference accuracy before and after."""
+    from tests.conftest import examples_layout, run_command
+
+    (tmp_path / "repo").mkdir()
+    root = examples_layout(tmp_path / "repo", tiny_model, toy_data)
+    (root / "runs" / "quickstart").unlink()  # the layout's stand-in: train the real SFT step instead
+    sft = toy_config(tiny_model, toy_data / "train.jsonl", root / "runs" / "quickstart", max_steps=40)
+    sft["max_train_samples"] = 320
+    run_api(tmp_path, sft, name="sft.yml")
+    short = ["max_train_samples=256", "max_eval_samples=64", "eval_steps=8"]
+    done = run_command("train", "examples/quickstart-dpo.yml", *short, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("preference accuracy (held-out pairs"))
+    before, after = (float(x.rstrip("%")) / 100 for x in line.split(": before ")[1].split(" -> after "))
+    assert before <= 0.3 and after >= 0.9, line

@@ -46,6 +46,16 @@ def test_noisy_eval_loss_is_not_overfitting():
     assert diagnose(history(FALLING, middle_spike)).startswith("well fitted")
 
 
+def test_losses_near_zero_move_by_noise_only():
+    """A preference loss at 1e-4 that halves or doubles has converged: changes under FLOOR (1e-3)
+    are noise, however large relative to the loss."""
+    falling = [0.7 * 0.8**step for step in range(50)]
+    converged = {0: 0.69, 10: 0.0004, 20: 0.0002, 30: 0.0001}
+    assert diagnose(history(falling[:30], converged)).startswith("well fitted: eval loss settled at 0.0001")
+    wobble = {0: 0.69, 10: 0.0004, 20: 0.0001, 30: 0.0003, 40: 0.0005}
+    assert diagnose(history(falling[:40], wobble)).startswith("well fitted")
+
+
 def test_rising_train_and_eval_loss_is_divergence_not_overfitting():
     rising = [2.0 + 0.05 * step for step in range(50)]
     curve = history(rising, {0: 5.0, 10: 2.5, 20: 2.9, 30: 3.4})

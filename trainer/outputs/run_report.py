@@ -17,6 +17,9 @@ completion the model scores above the rejected one (trainer.training.methods).""
 NO_EVAL = "no eval loss: add val_set_size or test_datasets to diagnose fitting"
 TOLERANCE = 0.02
 MIN_GAIN = 0.05
+FLOOR = 1e-3
+"""Changes of an eval loss smaller than this are noise however large relative to it (a preference
+loss near 0 moves by 2% of nothing)."""
 
 
 def _curve(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -30,8 +33,8 @@ def _mean(values: list[float]) -> float:
 def diagnose(history: list[dict[str, Any]], tolerance: float = TOLERANCE, min_gain: float = MIN_GAIN) -> str:
     """One line on how the run fits, from `eval_loss` (and `loss`) in a Trainer's log_history, after
     the learning-curve dynamics of https://rentry.org/llm-training (part 7). "best" is the first lowest
-    eval loss; "falling"/"rose" mean by more than `tolerance` (2%) relative, so noise within it is
-    ignored. In order:
+    eval loss; "falling"/"rose" mean by more than `tolerance` (2%) relative and more than FLOOR
+    absolute, so noise within it is ignored. In order:
 
     - fewer than 2 evaluations: nothing to diagnose (says what to set).
     - over-fitting from step B (B: the best evaluation, where training could have stopped): the last
@@ -55,7 +58,9 @@ def diagnose(history: list[dict[str, Any]], tolerance: float = TOLERANCE, min_ga
     best = losses.index(min(losses))
     (best_step, best_loss), (first_step, first_loss) = evals[best], evals[0]
     (last_step, last_loss), previous_loss = evals[-1], losses[-2]
-    after_best = [loss > best_loss * (1 + tolerance) for loss in losses[best + 1 :]]
+    after_best = [
+        loss > best_loss * (1 + tolerance) and loss > best_loss + FLOOR for loss in losses[best + 1 :]
+    ]
     if len(after_best) >= 2 and all(after_best[-2:]):
         up_to_best = [loss for step, loss in train_points if step <= best_step] or train[:3]
         if train and (after := _mean(train[-3:])) < (before := _mean(up_to_best[-3:])):
@@ -74,7 +79,7 @@ def diagnose(history: list[dict[str, Any]], tolerance: float = TOLERANCE, min_ga
         )
     quarter = max(1, len(train) // 4)
     train_falling = len(train) >= 2 and _mean(train[-quarter:]) < _mean(train[-2 * quarter : -quarter])
-    if last_loss < previous_loss * (1 - tolerance) and train_falling:
+    if last_loss < previous_loss * (1 - tolerance) and last_loss < previous_loss - FLOOR and train_falling:
         return (
             f"under-fitting: train and eval loss still falling at the end (eval {previous_loss:.4f} -> "
             f"{last_loss:.4f} at step {last_step}); train longer or raise the learning rate"
