@@ -4,6 +4,7 @@ toy preference (the capitalised answer), and a reward model ranks held-out pairs
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,28 @@ def test_quickstart_dpo_preset_after_sft(tiny_model, toy_data, tmp_path) -> None
     line = next(x for x in done.stdout.splitlines() if x.startswith("preference accuracy (held-out pairs"))
     before, after = (float(x.rstrip("%")) / 100 for x in line.split(": before ")[1].split(" -> after "))
     assert before <= 0.3 and after >= 0.9, line
+
+
+def test_precomputed_reference_log_probs_are_stored_with_the_prepared_data(
+    tiny_model, toy_data, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """precompute_ref_log_probs: the same losses as scoring the reference every step; the scores go
+    beside the prepared dataset (dataset_prepared_path), so a second run does not recompute them."""
+    from tests.conftest import run_command
+
+    def losses(out: Path, **extra: Any) -> tuple[list[float], str]:
+        config = pref_config(tiny_model, toy_data, out, {"type": "dpo", **extra}, adapter="lora", max_steps=6)
+        config["dataset_prepared_path"] = str(tmp_path / "prepared")
+        done = run_command("train", write_yaml(tmp_path / f"{out.name}.yml", config), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        state = json.loads((out / "trainer_state.json").read_text())
+        return [h["loss"] for h in state["log_history"] if "loss" in h], done.stderr
+
+    every_step, _ = losses(tmp_path / "live")
+    first, first_log = losses(tmp_path / "first", precompute_ref_log_probs=True)
+    second, second_log = losses(tmp_path / "second", precompute_ref_log_probs=True)
+    assert first == pytest.approx(every_step, abs=1e-6)
+    assert second == pytest.approx(first, abs=1e-6)
+    assert "Computing reference log probs for train dataset" in first_log
+    assert "Computing reference log probs" not in second_log  # read from the prepared dataset's folder
+    assert list((tmp_path / "prepared").glob("prepared-*/train/cache-*.arrow"))

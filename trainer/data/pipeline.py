@@ -99,6 +99,8 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> Prepared:
     if cache_dir:
         _write_cache(cache_dir, train, evals, report)
         report.cache = f"prepared dataset written to {cache_dir}"
+        if is_complete(cache_dir):  # file-backed, as a later run reads it (TRL caches beside its files)
+            train, evals, _ = load_cache(cache_dir)
     return Prepared(*_limit(train, evals, resolved, report), report, cache_dir)
 
 
