@@ -147,7 +147,7 @@ class PackedDataset(PackedGroups):
     def __init__(self, dataset: Any, capacity: int, seed: int):
         super().__init__(dataset, capacity, seed, example_lengths(dataset))
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> dict[str, Any]:
         members = self.dataset[self._rows[index]]
         return {
             "input_ids": [t for ids in members["input_ids"] for t in ids],

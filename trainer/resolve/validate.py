@@ -618,7 +618,7 @@ def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]
     for key, why in SFT_ONLY.items():
         if getattr(config, key) not in (None, False):
             problems.append(Problem((key,), f"has no effect with method '{name}': {why}"))
-    if config.kernels:
+    if getattr(config, "kernels", None):  # a key of the plugin-kind table (set on TrainConfig from it)
         problems.append(
             Problem(
                 ("kernels",),
@@ -650,22 +650,19 @@ def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]
 
 
 def _reward_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
-    """Each reward the method names (`method.rewards[i]`, a name or a block's `name`) must be an
-    installed `trainer.rewards` entry point that loads: the registry's error (did-you-mean, the
-    known names, an import failure) at the name's line."""
+    """Each reward the method names must be an installed `trainer.rewards` entry point that loads:
+    the registry's error (did-you-mean, the known names, an import failure) at `method.rewards[i]`,
+    the line of the name (a method without a `rewards` option: at the method block)."""
     method: Chosen | None = chosen.get("method")
     if method is None:
         return []
-    listed = getattr(method.plugin.options, "rewards", None)
+    listed = "rewards" in type(method.plugin.options).model_fields
     problems = []
     for i, name in enumerate(method.plugin.rewards()):
         try:
             registry.get("rewards", name)
         except PluginError as err:
-            path: Path = method.path
-            if isinstance(listed, list | tuple) and i < len(listed):
-                path = (*path, "rewards", i) if isinstance(listed[i], str) else (*path, "rewards", i, "name")
-            problems.append(Problem(path, str(err)))
+            problems.append(Problem((*method.path, "rewards", i) if listed else method.path, str(err)))
     return problems
 
 

@@ -276,7 +276,7 @@ def load_model(
     if head == "sequence_classification":
         auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     model = auto.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
-    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
+    rows = int(model.get_input_embeddings().weight.shape[0])
     if tokenizer is not None and len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))
     if head == "sequence_classification" and tokenizer is not None and model.config.pad_token_id is None:

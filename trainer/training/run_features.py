@@ -15,7 +15,7 @@ trainer.training.methods).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
@@ -37,7 +37,13 @@ class _EpochRows(TrainerCallback):
             set_epoch(int(state.epoch))
 
 
-class RunFeatures:
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object  # a mixin: the trainer class comes after it in the bases
+
+
+class RunFeatures(_TrainerBase):
     """Mixin before a transformers/TRL trainer class: `class X(RunFeatures, trl.DPOTrainer)`."""
 
     def __init__(
