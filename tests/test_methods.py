@@ -249,3 +249,32 @@ def test_precomputed_reference_log_probs_are_stored_with_the_prepared_data(
     assert "Computing reference log probs for train dataset" in first_log
     assert "Computing reference log probs" not in second_log  # read from the prepared dataset's folder
     assert list((tmp_path / "prepared").glob("prepared-*/train/cache-*.arrow"))
+
+
+def test_lora_reward_model_saves_its_score_head_and_merges(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under LoRA the reward model's score head trains in full and is saved with the adapter; the
+    adapter loads as a sequence-classification PEFT model and `merge` writes a reward model that gives
+    the same scores."""
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.conftest import run_command
+
+    config = pref_config(tiny_model, toy_data, tmp_path / "o", "reward", adapter="lora", max_steps=6)
+    run_api(tmp_path, config)
+    adapter = json.loads((tmp_path / "o" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    done = run_command("merge", tmp_path / "o", "--out", tmp_path / "merged", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reloaded with AutoModelForSequenceClassification" in done.stdout
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "o")
+    texts = ["Reverse the word: abc\nAnswer: CBA", "Reverse the word: abc\nAnswer: cba"]
+    batch = tokenizer(texts, return_tensors="pt")
+    with torch.no_grad():
+        peft_model = AutoPeftModelForSequenceClassification.from_pretrained(
+            tmp_path / "o", num_labels=1, pad_token_id=tokenizer.pad_token_id
+        )
+        peft_scores = peft_model.eval()(**batch).logits
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+        merged_scores = merged(**batch).logits
+    torch.testing.assert_close(merged_scores, peft_scores, rtol=1e-4, atol=1e-5)

@@ -102,6 +102,11 @@ def _merge(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if completion.startswith("score "):
+        print("smoke test (reloaded with AutoModelForSequenceClassification, the reward model's score):")
+        print(f"  text:   {prompt!r}")
+        print(f"  {completion}")
+        return 0
     print(f"smoke test (reloaded with AutoModelForCausalLM, greedy, {args.max_new_tokens} new tokens):")
     print(f"  prompt:     {prompt!r}")
     print(f"  completion: {completion!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -67,6 +68,18 @@ class RunInfo:
     @property
     def use_dora(self) -> bool:
         return bool(self.adapter_config.get("use_dora"))
+
+    @property
+    def scores(self) -> int:
+        """A reward model's number of scores (its adapter's task is sequence classification), else 0."""
+        if str(self.adapter_config.get("task_type", "")).upper() != "SEQ_CLS":
+            return 0
+        from safetensors import safe_open
+
+        with safe_open(str(self.adapter_weights), "pt") as weights:
+            names = list(weights.keys())  # a safetensors handle is not iterable
+            heads = [name for name in names if re.search(r"\.(score|classifier)\.", name)]
+            return int(weights.get_slice(heads[0]).get_shape()[0]) if heads else 1
 
     def describe(self) -> str:
         """E.g. 'QLoRA (LoRA trained on a 4-bit base; r=8, alpha=16)' or 'DoRA (r=8, alpha=16)'."""
@@ -268,9 +281,15 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
             "full-precision weights: pass --base-model with the unquantized model"
         )
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    auto: Any = AutoModelForCausalLM
+    head: dict[str, Any] = {}
+    if info.scores:  # a reward model (method: reward): the score head is saved with the adapter
+        from transformers import AutoModelForSequenceClassification
+
+        auto, head = AutoModelForSequenceClassification, {"num_labels": info.scores}
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            info.base_model, dtype=torch_dtype, trust_remote_code=remote
+        model: Any = auto.from_pretrained(
+            info.base_model, dtype=torch_dtype, trust_remote_code=remote, **head
         )
     except (OSError, ValueError) as err:
         raise MergeError(f"cannot load the base model '{info.base_model}': {err}") from None
@@ -301,15 +320,16 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
         config.pad_token_id = pad
         if tokenizer.bos_token_id is not None:
             config.bos_token_id = tokenizer.bos_token_id
-    try:
-        generation = GenerationConfig.from_pretrained(info.base_model)
-    except (OSError, ValueError):
-        generation = GenerationConfig.from_model_config(merged.config)
-    generation.eos_token_id = _eos_ids(generation.eos_token_id, eos)
-    generation.pad_token_id = pad
-    if tokenizer.bos_token_id is not None:
-        generation.bos_token_id = tokenizer.bos_token_id
-    merged.generation_config = generation
+    if not info.scores:  # a language model generates; a reward model only scores
+        try:
+            generation = GenerationConfig.from_pretrained(info.base_model)
+        except (OSError, ValueError):
+            generation = GenerationConfig.from_model_config(merged.config)
+        generation.eos_token_id = _eos_ids(generation.eos_token_id, eos)
+        generation.pad_token_id = pad
+        if tokenizer.bos_token_id is not None:
+            generation.bos_token_id = tokenizer.bos_token_id
+        merged.generation_config = generation
     merged.config.name_or_path = str(out)
 
     out = Path(out)
@@ -350,9 +370,24 @@ def smoke_test(
     `trust_remote_code` is the run's own (RunInfo.trust_remote_code), never on by default.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=trust_remote_code)
+    architectures = (
+        AutoConfig.from_pretrained(str(out), trust_remote_code=trust_remote_code).architectures or []
+    )
+    if any(name.endswith("ForSequenceClassification") for name in architectures):  # a reward model
+        scorer: Any = AutoModelForSequenceClassification.from_pretrained(
+            str(out), dtype="auto", trust_remote_code=trust_remote_code
+        ).eval()
+        with torch.no_grad():
+            score = scorer(**tokenizer(prompt, return_tensors="pt")).logits[0].tolist()
+        return prompt, f"score {', '.join(f'{value:.4f}' for value in score)}"
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(out), dtype="auto", trust_remote_code=trust_remote_code
     )
