@@ -176,16 +176,25 @@ def test_reward_model_ranks_held_out_pairs(tiny_model, toy_data, tmp_path) -> No
     assert model.config.num_labels == 1
 
 
-@pytest.mark.parametrize(
-    "adapter,packing", [("full", False), ("lora", True)], ids=["full-frozen-copy", "lora-packed"]
-)
-def test_resumed_dpo_equals_uninterrupted(tiny_model, toy_data, tmp_path, adapter, packing) -> None:  # type: ignore[no-untyped-def]
-    """A DPO run stopped after step 3 (its checkpoint alone in a fresh output_dir) and resumed gives the
-    uninterrupted run's per-step losses, reward margins and final weights, to 1e-6."""
+RESUMED = {
+    "dpo-full-frozen-copy": ("dpo", "full", False, "rewards/margins"),
+    "dpo-lora-packed": ("dpo", "lora", True, "rewards/margins"),
+    "kto-lora": ("kto", "lora", False, "rewards/margins"),
+    "orpo-full": ("orpo", "full", False, "rewards/margins"),
+    "simpo-lora-packed": ("simpo", "lora", True, "rewards/margins"),
+    "reward-lora": ("reward", "lora", False, "margin"),
+}
+
+
+@pytest.mark.parametrize("case", RESUMED)
+def test_resumed_run_equals_uninterrupted(tiny_model, toy_data, tmp_path, case) -> None:  # type: ignore[no-untyped-def]
+    """A run stopped after step 3 (its checkpoint alone in a fresh output_dir) and resumed gives the
+    uninterrupted run's per-step losses, its method's logged metric and final weights, to 1e-6."""
     from tests.test_long_runs import final_weights, max_difference, stopped_at, train_logged
 
+    method, adapter, packing, metric = RESUMED[case]
     config = pref_config(
-        tiny_model, toy_data, tmp_path / "ref", "dpo", adapter=adapter, sample_packing=packing,
+        tiny_model, toy_data, tmp_path / "ref", method, adapter=adapter, sample_packing=packing,
         max_steps=8, save_strategy="steps", save_steps=3, max_train_samples=40, lr_scheduler="cosine",
         warmup_steps=2, test_datasets=[],
     )  # fmt: skip
@@ -201,7 +210,7 @@ def test_resumed_dpo_equals_uninterrupted(tiny_model, toy_data, tmp_path, adapte
         return [h[key] for h in run.trainer.state.log_history if "loss" in h]
 
     assert [h["step"] for h in resumed.trainer.state.log_history if "loss" in h] == list(range(1, 9))
-    for key in ("loss", "rewards/margins"):
+    for key in ("loss", metric):
         assert logged(resumed, key) == pytest.approx(logged(reference, key), abs=1e-6)
     assert max_difference(final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")) <= 1e-6
 
