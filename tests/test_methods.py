@@ -287,3 +287,40 @@ def test_lora_reward_model_saves_its_score_head_and_merges(tiny_model, toy_data,
         merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
         merged_scores = merged(**batch).logits
     torch.testing.assert_close(merged_scores, peft_scores, rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_stops_a_dpo_run_with_a_checkpoint_that_resumes(tiny_model, toy_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A safe stop works for preference methods as for SFT: SIGTERM -> a checkpoint at the end of the
+    step, exit 143 with the resume command; resuming completes the run with the unstopped losses."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_long_runs import cli_env, train_logged
+
+    out = tmp_path / "out"
+    config = pref_config(
+        tiny_model, toy_data, out, "dpo", adapter="lora", max_steps=12, max_train_samples=48,
+        save_strategy="steps", save_steps=1000, test_datasets=[],
+    )  # fmt: skip
+    path = write_yaml(tmp_path / "cfg.yml", config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli.train", str(path)],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "'loss'" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    found = re.search(r"stopped by SIGTERM at step (\d+) of 12: checkpoint saved to (\S+)\.", stderr)
+    assert found, stderr[-3000:]
+    _, lines = train_logged(out / "config.resolved.yml", ["resume=auto"])
+    assert f"resuming from {found.group(2)}" in lines
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    reference = run_api(tmp_path, dict(config, output_dir=str(tmp_path / "ref")), name="ref.yml")
+    expected = [h["loss"] for h in reference.trainer.state.log_history if "loss" in h]
+    assert [h["loss"] for h in history if "loss" in h] == pytest.approx(expected, abs=1e-6)
