@@ -391,12 +391,8 @@ def plan(resolved: Resolved) -> tuple[Merged, Any]:
 def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None) -> Built:
     """Assemble the SFTTrainer for a resolved config (from `plan(resolved)` when given)."""
     from accelerate import PartialState
-    from transformers.trainer_callback import ProgressCallback
 
     from trainer.data.pipeline import build_datasets
-    from trainer.outputs.run_report import PeakMemory, count_parameters
-    from trainer.training import peft_support
-    from trainer.training.progress import TokenProgress
     from trainer.training.sft import SFTTrainer
 
     config = resolved.config
@@ -421,11 +417,6 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
             ]
         )
     train, evals, collator = collated_datasets(resolved, data, model, tokenizer)
-    callbacks = list(merged.callbacks)  # in the constructor: they act at on_init_end
-    if merged.trainable_dtype is not None:
-        callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
-    if merged.convert_initialised_adapter:
-        callbacks.append(peft_support.ConvertToPlainAdapter())
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -433,26 +424,50 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=merged.peft_config,
-        callbacks=callbacks or None,
         data_collator=merged.data_collator or collator,
-        save_total_limit=config.save_total_limit,
-        watchdog={
-            "threshold": config.loss_watchdog_threshold,
-            "patience": config.loss_watchdog_patience,
-            "spike_factor": config.grad_norm_spike_factor,
-        },
+        **run_features(config, merged),
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
+    parameters = finish(trainer, adapter, args)
+    return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args, parameters)
+
+
+def run_features(config: TrainConfig, merged: Merged) -> dict[str, Any]:
+    """The constructor arguments of every method's trainer that come from the run: the plugins'
+    callbacks and the adapter's (in the constructor: they act at on_init_end), checkpoint rotation
+    and the guard's watchdogs (trainer.training.run_features)."""
+    from trainer.training import peft_support
+
+    callbacks = list(merged.callbacks)
+    if merged.trainable_dtype is not None:
+        callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
+    if merged.convert_initialised_adapter:
+        callbacks.append(peft_support.ConvertToPlainAdapter())
+    watchdog = {
+        "threshold": config.loss_watchdog_threshold,
+        "patience": config.loss_watchdog_patience,
+        "spike_factor": config.grad_norm_spike_factor,
+    }
+    return {"callbacks": callbacks or None, "save_total_limit": config.save_total_limit, "watchdog": watchdog}
+
+
+def finish(trainer: Any, adapter: Adapter, args: Any) -> tuple[int, int]:
+    """Our progress bar (tokens/s) and peak-memory record on a built trainer, the adapter's own
+    optimizer when it makes one; returns the (trainable, total) parameter count."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from trainer.outputs.run_report import PeakMemory, count_parameters
+    from trainer.training.progress import TokenProgress
+
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
         trainer.add_callback(TokenProgress())
     trainer.add_callback(PeakMemory())
-    # An adapter may build the optimizer itself (LoRA+ learning-rate groups), from the model as
-    # SFTTrainer wrapped it; Trainer.create_optimizer keeps an optimizer that is already set.
+    # An adapter may build the optimizer itself (LoRA+ learning-rate groups), from the model as the
+    # trainer wrapped it; Trainer.create_optimizer keeps an optimizer that is already set.
     optimizer = adapter.create_optimizer(trainer.model, args)
     if optimizer is not None:
         trainer.optimizer = optimizer
-    parameters = count_parameters(trainer.model)
-    return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args, parameters)
+    return count_parameters(trainer.model)
 
 
 def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built:
@@ -460,16 +475,13 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     data in the method's shape, the model (and a frozen reference copy when the method wants one),
     the rewards it calls, and our subclass of the method's TRL trainer (trainer.training.methods)."""
     from accelerate import PartialState
-    from transformers.trainer_callback import ProgressCallback
 
     from trainer.data.collate import Ungrouped
     from trainer.data.packing import PackedGroups
     from trainer.data.pipeline import build_datasets
-    from trainer.outputs.run_report import PREFERENCE_ACCURACY, PeakMemory, count_parameters
+    from trainer.outputs.run_report import PREFERENCE_ACCURACY
     from trainer.resolve.registry import default_registry
-    from trainer.training import peft_support
     from trainer.training.methods import PairPreference, flatten_padded_batches, method_trainer
-    from trainer.training.progress import TokenProgress
 
     config = resolved.config
     method: Method[Any] = resolved.method.plugin
@@ -493,59 +505,32 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     if method.rewards():
         registry = default_registry()
         kwargs["reward_funcs"] = [registry.get("rewards", name) for name in method.rewards()]
-    callbacks = list(merged.callbacks)
-    if merged.trainable_dtype is not None:
-        callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
-    if merged.convert_initialised_adapter:
-        callbacks.append(peft_support.ConvertToPlainAdapter())
-    trainer_class = method_trainer(method.trainer()[0])
-    trainer = trainer_class(
+    if merged.data_collator is not None:
+        kwargs["data_collator"] = merged.data_collator
+    trainer = method_trainer(method.trainer()[0])(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=evals,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=callbacks or None,
-        **({"data_collator": merged.data_collator} if merged.data_collator is not None else {}),
         **kwargs,
-        save_total_limit=config.save_total_limit,
-        watchdog={
-            "threshold": config.loss_watchdog_threshold,
-            "patience": config.loss_watchdog_patience,
-            "spike_factor": config.grad_norm_spike_factor,
-        },
+        **run_features(config, merged),
     )
-    trainer.add_callback(PeakMemory())
     attention = resolved.attention.plugin
     if method.packing and attention.packed_inputs == "position_ids" and config.padding_free is not False:
         flatten_padded_batches(trainer.model, getattr(trainer, "ref_model", None))
     if config.sample_packing:  # groups of whole rows; a pair's two sequences count together
-        per_row = 2 if "chosen_ids" in train.column_names else 1
-        trainer.train_dataset = PackedGroups(
-            trainer.train_dataset, per_row * config.sequence_len, config.seed
-        )
+        capacity = (2 if "chosen_ids" in train.column_names else 1) * config.sequence_len
+        trainer.train_dataset = PackedGroups(trainer.train_dataset, capacity, config.seed)
         if config.eval_sample_packing and trainer.eval_dataset is not None:
-            trainer.eval_dataset = PackedGroups(
-                trainer.eval_dataset, per_row * config.sequence_len, config.seed
-            )
+            trainer.eval_dataset = PackedGroups(trainer.eval_dataset, capacity, config.seed)
         trainer.data_collator = Ungrouped(trainer.data_collator)
     if data.eval is not None and "chosen_ids" in data.eval.column_names:
         trainer.add_callback(PairPreference(trainer, data.eval, tokenizer.pad_token_id, method.model))
-    if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
-        trainer.add_callback(TokenProgress())
-    optimizer = adapter.create_optimizer(trainer.model, args)
-    if optimizer is not None:
-        trainer.optimizer = optimizer
-    parameters = count_parameters(trainer.model)
+    parameters = finish(trainer, adapter, args)
+    train_rows, eval_rows = trainer.train_dataset, trainer.eval_dataset
+    metrics = (*method.metrics, PREFERENCE_ACCURACY)
     return Built(
-        trainer,
-        tokenizer,
-        trainer.train_dataset,
-        trainer.eval_dataset,
-        data.report,
-        data.cache_dir,
-        args,
-        parameters,
-        metrics=(*method.metrics, PREFERENCE_ACCURACY),
+        trainer, tokenizer, train_rows, eval_rows, data.report, data.cache_dir, args, parameters, metrics
     )
