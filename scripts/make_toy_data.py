@@ -98,7 +98,8 @@ def as_preferences(records: list[dict[str, str]]) -> list[dict[str, str]]:
     """Preference pairs on the same prompts: the answer in capitals is preferred to the plain one
     (a preference the SFT task does not teach, learnt by DPO and its relatives)."""
     return [
-        {"prompt": r["prompt"], "chosen": r["generation"].upper(), "rejected": r["generation"]} for r in records
+        {"prompt": r["prompt"], "chosen": r["generation"].upper(), "rejected": r["generation"]}
+        for r in records
     ]
 
 

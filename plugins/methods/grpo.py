@@ -20,9 +20,9 @@ reward functions, and pushes up the completions that score above their group's m
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
 from plugins.methods.preference import trl_class
 from trainer.api import Method, Options, TrainConfig
@@ -36,8 +36,35 @@ class RewardWeight(Options):
     weight: float = Field(1.0, description="Its weight in the summed reward")
 
 
+def _reward_block(value: Any) -> Any:
+    """A bare reward name is the block {name: NAME} (weight 1)."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict | RewardWeight):
+        return value
+    raise ValueError("must be a reward name or a {name, weight} block")
+
+
+REWARD_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "description": "A trainer.rewards entry point (weight 1)"},
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "A trainer.rewards entry point"},
+                "weight": {"type": "number", "default": 1.0, "description": "Its weight in the sum"},
+            },
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+RewardItem = Annotated[RewardWeight, BeforeValidator(_reward_block), WithJsonSchema(REWARD_SCHEMA)]
+
+
 class GrpoOptions(Options):
-    rewards: list[str | RewardWeight] = Field(
+    rewards: list[RewardItem] = Field(
         min_length=1,
         description="Reward functions (trainer.rewards entry points), each a name or {name, weight}; "
         "the reward of a completion is their weighted sum",
@@ -98,10 +125,10 @@ class Grpo(Method[GrpoOptions]):
         return trl_class("GRPOTrainer"), trl_class("GRPOConfig")
 
     def rewards(self) -> list[str]:
-        return [r if isinstance(r, str) else r.name for r in self.options.rewards]
+        return [reward.name for reward in self.options.rewards]
 
     def weights(self) -> list[float]:
-        return [1.0 if isinstance(r, str) else r.weight for r in self.options.rewards]
+        return [reward.weight for reward in self.options.rewards]
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         opts = self.options
@@ -118,13 +145,14 @@ class Grpo(Method[GrpoOptions]):
         processes = config.plugin("distributed").world_size() if config.plugin("distributed") else 1
         batch = generation_batch(config, processes)
         if g >= 2 and batch is not None and batch % g:
+            other = f", or a num_generations that divides {batch}" if batch >= 2 else ""
             problems.append(
                 (
                     "num_generations",
                     f"each generation batch must hold whole groups of {g} completions, but it holds {batch} "
                     f"(micro_batch_size {config.micro_batch_size} x {processes} process(es) x "
-                    f"{_steps_per_generation(config)} step(s) per generation): choose a num_generations that "
-                    f"divides {batch}, or make micro_batch_size x gradient_accumulation_steps a multiple of {g}",
+                    f"{_steps_per_generation(config)} step(s) per generation): set micro_batch_size x "
+                    f"gradient_accumulation_steps to a multiple of {g}{other}",
                 )
             )
         evaluates = config.eval_strategy not in (None, "no")

@@ -41,7 +41,7 @@ class GrpoFeatures:
     def _tokenize_prompts(self, prompts: list[Any]) -> tuple[list[list[int]], Any, dict[str, Any]]:
         ids = self._batch_prompt_ids
         if ids is None or len(ids) != len(prompts):  # not called from a batch of our rows
-            return super()._tokenize_prompts(prompts)  # type: ignore[misc,no-any-return]
+            return super()._tokenize_prompts(prompts)  # type: ignore[misc]
         return [list(row) for row in ids], None, {}
 
 

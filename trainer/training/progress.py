@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import has_length
 
-from trainer.training.sft import logged_tokens
+from trainer.training.run_features import logged_tokens
 
 
 class TokenProgress(ProgressCallback):

@@ -6,6 +6,7 @@ trainer.training.methods).
   ever deleting the newest or the best.
 - `Guard` (trainer.training.guard) watches every step for stop signals, a diverging loss and
   gradient-norm spikes; it reads the step's loss and gradient norm from here.
+- A resumed run's `num_tokens` counts on from its checkpoint's.
 - A packed training set moves to each epoch's rows at the epoch's start, on every process
   (accelerate forwards `set_epoch` to the dataset only in single-process runs).
 - `fsdp` runs shard as configured: FSDP1's sharding strategy, and FSDP at all on CPU
@@ -43,6 +44,25 @@ else:
     _TrainerBase = object  # a mixin: the trainer class comes after it in the bases
 
 
+def logged_tokens(history: list[dict[str, Any]]) -> int:
+    """The last logged `num_tokens` (0 before any): where a resumed run's count carries on from."""
+    return next((int(h["num_tokens"]) for h in reversed(history) if "num_tokens" in h), 0)
+
+
+class _ResumedTokens(TrainerCallback):
+    """A resumed run counts `num_tokens` on from the checkpoint's last logged count instead of 0."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.tokens_before = logged_tokens(state.log_history)
+        # TRL 1.16 SFTTrainer/DPOTrainer/KTOTrainer/RewardTrainer._total_train_tokens: the count they
+        # log as num_tokens starts at 0 in __init__, is not saved in checkpoints and has no setter
+        if hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = self.trainer.tokens_before
+
+
 class RunFeatures(_TrainerBase):
     """Mixin before a transformers/TRL trainer class: `class X(RunFeatures, trl.DPOTrainer)`."""
 
@@ -58,6 +78,8 @@ class RunFeatures(_TrainerBase):
         # the end of training when another one is the best.
         self.save_total_limit = save_total_limit
         self.add_callback(_EpochRows(self))
+        self.tokens_before = 0  # real tokens trained before this session (by the checkpoint resumed)
+        self.add_callback(_ResumedTokens(self))
         self.guard = Guard(self, **(watchdog or {}))
         self.add_callback(self.guard)
         self._step_loss: Any = None  # this optimizer step's loss so far (sum over micro-batches)

@@ -19,33 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import trl
-from transformers import TrainerCallback
 
 from trainer.training import lm_loss
 from trainer.training.run_features import RunFeatures
 
 
-def logged_tokens(history: list[dict[str, Any]]) -> int:
-    """The last logged `num_tokens` (0 before any): where a resumed run's count carries on from."""
-    return next((int(h["num_tokens"]) for h in reversed(history) if "num_tokens" in h), 0)
-
-
-class _ResumedTokens(TrainerCallback):
-    """A resumed run counts on from the checkpoint's `num_tokens` instead of from 0."""
-
-    def __init__(self, trainer: SFTTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # TRL 1.16 SFTTrainer._total_train_tokens: the count TRL logs as num_tokens has no setter
-        self.trainer.tokens_before = self.trainer._total_train_tokens = logged_tokens(state.log_history)
-
-
 class SFTTrainer(RunFeatures, trl.SFTTrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.add_callback(_ResumedTokens(self))
-        self.tokens_before = 0  # real tokens trained before this session (by the checkpoint resumed)
         self._real_tokens = 0  # this process, cumulative
         self._processed_tokens = 0
         self._logged = (0, 0)  # all processes, at the previous log
