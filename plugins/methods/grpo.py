@@ -119,7 +119,7 @@ class Grpo(Method[GrpoOptions]):
 
     name = "grpo"
     data = ("prompt",)
-    metrics = ("reward", "completions/mean_length")
+    metrics = ("reward", "rewards/*/mean", "completions/mean_length")
 
     def trainer(self) -> tuple[type, type]:
         return trl_class("GRPOTrainer"), trl_class("GRPOConfig")

@@ -378,6 +378,7 @@ class Built:
     args: Any
     parameters: tuple[int, int] = (0, 0)  # (trainable, total), counted before training wraps the model
     metrics: tuple[str, ...] = ()  # the method's logged metrics drawn in training_curves.png
+    batches_per_epoch: int | None = None  # per process, where rows do not map to batches one to one
 
 
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
@@ -529,8 +530,9 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
     if data.eval is not None and "chosen_ids" in data.eval.column_names:
         trainer.add_callback(PairPreference(trainer, data.eval, tokenizer.pad_token_id, method.model))
     parameters = finish(trainer, adapter, args)
-    train_rows, eval_rows = trainer.train_dataset, trainer.eval_dataset
     metrics = (*method.metrics, PREFERENCE_ACCURACY)
+    batches = len(trainer.get_train_dataloader()) if method.rewards() else None  # GRPO repeats prompts
     return Built(
-        trainer, tokenizer, train_rows, eval_rows, data.report, data.cache_dir, args, parameters, metrics
-    )
+        trainer, tokenizer, trainer.train_dataset, trainer.eval_dataset, data.report, data.cache_dir, args,
+        parameters, metrics=metrics, batches_per_epoch=batches,
+    )  # fmt: skip

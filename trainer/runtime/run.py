@@ -293,7 +293,9 @@ def stopped_early(trainer: Any, resolved: Resolved) -> RunStopped:
 def start_report(built: Built, processes: int) -> list[str]:
     args = built.args
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
-    batches = math.ceil(len(built.train_dataset) / (args.per_device_train_batch_size * processes))
+    batches = built.batches_per_epoch or math.ceil(
+        len(built.train_dataset) / (args.per_device_train_batch_size * processes)
+    )
     steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
     lines = ["data: " + line for line in built.report.lines()]
@@ -322,13 +324,16 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
     )
 
     history = built.trainer.state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    rewarded = "reward" in built.metrics  # GRPO: the loss is ~0 by construction, the reward tells
+    first_last = [("reward", "reward", "eval_reward")] if rewarded else [("loss", "loss", "eval_loss")]
     lines = []
-    if train_losses:
-        lines.append(f"train loss: first logged {train_losses[0]:.4f} -> last logged {train_losses[-1]:.4f}")
-    if len(eval_losses) >= 2:
-        lines.append(f"eval loss:  before {eval_losses[0]:.4f} -> after {eval_losses[-1]:.4f}")
+    for name, train_key, eval_key in first_last:
+        train = [h[train_key] for h in history if train_key in h]
+        evals = [h[eval_key] for h in history if eval_key in h]
+        if train:
+            lines.append(f"train {name}: first logged {train[0]:.4f} -> last logged {train[-1]:.4f}")
+        if len(evals) >= 2:
+            lines.append(f"eval {name}:  before {evals[0]:.4f} -> after {evals[-1]:.4f}")
     accuracy = [h[PREFERENCE_ACCURACY] for h in history if PREFERENCE_ACCURACY in h]
     if len(accuracy) >= 2:
         lines.append(
@@ -336,6 +341,10 @@ def end_report(built: Built, curves: bool = True) -> list[str]:
             f"-> after {accuracy[-1]:.1%}"
         )
     diagnosis = diagnose(history)
+    if rewarded:
+        diagnosis = (
+            "the loss of a reward-driven method says nothing of fit: read the reward above and the curves"
+        )
     if curves:
         metrics = tuple(getattr(built, "metrics", ()))
         write_curves(history, os.path.join(built.args.output_dir, CURVES_NAME), diagnosis, metrics)
