@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,42 @@ def test_bad_pairs_are_located_and_skipped_or_fatal(write_config, tiny_model, tm
     failed = cli("preprocess", fatal)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert f"data error: {data}:2  chosen and rejected are the same" in failed.stderr
+
+
+def test_memory_estimate_counts_the_reference_copy_and_both_sequences(
+    write_config, tiny_model, pairs, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Full DPO holds a frozen copy of the base (its weights once more; no gradients or optimizer
+    state); under LoRA the reference is the adapter switched off (nothing more). A pair puts two
+    sequences through the model, so the activations double."""
+    from trainer.resolve.memory import estimate
+
+    def estimated(method: str, adapter: str) -> Any:
+        cfg = write_config(
+            f"""
+            base_model: {tiny_model}
+            method: {method}
+            adapter: {adapter}
+            datasets:
+              - path: {pairs}
+                type: {"preference" if method != "sft" else "prompt_completion"}
+            output_dir: {tmp_path / "out"}
+            """,
+            name=f"{method}-{adapter}.yml",
+        )
+        return estimate(load_config(str(cfg)))
+
+    sft, dpo = estimated("sft", "full"), estimated("dpo", "full")
+    base_bytes = sum(p.numel() * p.element_size() for p in _weights(tiny_model))
+    assert dpo.weights == pytest.approx(sft.weights + base_bytes)
+    assert (dpo.gradients, dpo.optimizer) == (sft.gradients, sft.optimizer)
+    assert dpo.activations == 2 * sft.activations
+    lora_sft, lora_dpo = estimated("sft", "lora"), estimated("dpo", "lora")
+    assert lora_dpo.weights == lora_sft.weights  # the adapter switched off: no second copy
+    assert estimated("orpo", "full").weights == sft.weights  # reference-free
+
+
+def _weights(model: Path) -> list[Any]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(model / "model.safetensors")).values())

@@ -207,6 +207,12 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     if resting_shard and not sharding.weights_offloaded:
         weights += stored / over
         notes.append("whole weights through forward and backward, and this process's shard besides")
+    method = resolved.method.plugin if "method" in resolved.chosen else None
+    peft = bool(getattr(resolved.adapter.plugin, "peft", False))
+    if method is not None and method.reference(peft=peft) == "copy":
+        # a frozen second copy of the base as it loads (no gradients or optimizer state), split as the weights
+        weights += training.base_weight_bytes / (over if sharding.weights else 1)
+        notes.append(f"method '{method.name}': a frozen copy of the base model as its reference")
     if sharding.optimizer_offloaded:
         optimizer = 0.0
         notes.append("optimizer state in CPU RAM")
@@ -221,6 +227,9 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     )  # fmt: skip
     if activations is None:
         notes.append("activations need hidden_size, num_hidden_layers, num_attention_heads in config.json")
+    elif method is not None and method.data[0] == "preference":
+        activations *= 2  # each row is a pair: its chosen and its rejected sequence go through together
+        notes.append(f"method '{method.name}': two sequences (chosen, rejected) per row")
     total_params = shapes.num_params + sum(numel(t.shape) for t in added)
     return Estimate(weights, gradients, optimizer, activations, n_train, total_params, notes)
 
