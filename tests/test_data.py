@@ -412,7 +412,8 @@ def test_prepared_dataset_cache(resolve, tokenizer: Any, forty_rows: Path, tmp_p
     train, evals, report, used = first.train, first.eval, first.report, first.cache_dir
     assert used == cache_dir
     assert report.rows_read == 40 and (len(train), len(evals)) == (30, 10)
-    assert train.cache_files == []  # built in memory, then written
+    # built in memory, written, then read back: file-backed from the first run on (TRL caches beside it)
+    assert train.cache_files and all(f["filename"].startswith(cache_dir) for f in train.cache_files)
     assert sorted(os.listdir(cache_dir)) == ["eval", "report.json", "train"]
     assert not [n for n in os.listdir(prepared) if ".tmp-" in n and n != leftover.name]
 

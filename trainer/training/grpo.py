@@ -57,7 +57,8 @@ def _refuse_reference_without_new_rows(model: Any, args: Any, peft_config: Any) 
 
     path = model.config.name_or_path
     try:
-        base = AutoConfig.from_pretrained(path).get_text_config()
+        remote = bool(getattr(args, "trust_remote_code", False))  # the config's own, as TRL loads it
+        base = AutoConfig.from_pretrained(path, trust_remote_code=remote).get_text_config()
     except (OSError, ValueError):
         return  # TRL will say why it cannot load the reference
     rows = int(model.get_input_embeddings().weight.shape[0])
