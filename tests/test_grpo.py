@@ -378,3 +378,24 @@ def test_use_vllm_needs_vllm(write_config, tiny_model, toy_data, tmp_path) -> No
     )
     assert lines.keys() == {"2"}
     assert "method.use_vllm: needs the 'vllm' package" in lines["2"]
+
+
+def test_resumed_grpo_equals_uninterrupted(tiny_model, toy_data, tmp_path, test_reward) -> None:  # type: ignore[no-untyped-def]
+    """Sampling restarts from the checkpoint's RNG states: a run stopped after step 3 and resumed
+    samples the same completions, so its rewards, losses and final weights are the uninterrupted run's."""
+    from tests.test_long_runs import final_weights, max_difference, stopped_at, train_logged
+
+    config = grpo_config(
+        tiny_model, toy_data, tmp_path / "ref", [test_reward], max_steps=6, save_strategy="steps", save_steps=3,
+        adapter={"type": "lora", "r": 4},
+    )  # fmt: skip
+    reference = run_api(tmp_path, config, name="ref.yml")
+    stopped_at(tmp_path / "ref", 3, tmp_path / "resumed")
+    resumed, lines = train_logged(
+        write_yaml(tmp_path / "resumed.yml", dict(config, output_dir=str(tmp_path / "resumed"))),
+        ["resume=auto"],
+    )
+    assert f"resuming from {tmp_path / 'resumed' / 'checkpoint-3'}" in lines
+    for key in ("reward", "loss"):
+        assert logged(resumed, key) == pytest.approx(logged(reference, key), abs=1e-6)
+    assert max_difference(final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")) <= 1e-6
