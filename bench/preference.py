@@ -33,9 +33,9 @@ Runs alternate (ours, TRL / TRL, ours; padded, padding-free, packed / the revers
 summary takes medians. The 1-minute load average is printed before each run and at the start and
 end.
 
-    python bench/preference.py                   # 3 rounds of both parts + 1 warm-up pair: ~12 min on 2 CPU cores
-    python bench/preference.py --quick           # 1 round, fewer steps: ~3 min
-    python bench/preference.py --smoke --json out.json   # tiny sizes, numbers meaningless (~1 min; the test)
+    python bench/preference.py               # 3 rounds of both parts, 1 warm-up pair: ~13 min, 2 CPU cores
+    python bench/preference.py --quick       # 1 round, 20 steps: ~4 min
+    python bench/preference.py --smoke --json out.json  # tiny sets, numbers meaningless (1.5-3 min: the test)
     python bench/preference.py --part same --repeats 5 --json same.json
 
 Without `--work-dir` everything goes into a temporary directory that is removed at the end.
@@ -104,8 +104,10 @@ SMOKE_LONG = Shape(seq_len=128, median=24, sigma=1.0)
 PROBE_MODULE = f'''\
 """Loop clock and batch probe for bench/preference.py: wall and CPU seconds from on_train_begin to
 on_train_end, and, for every training forward of the policy (grad on), a hash of its input ids and
-attention mask, its real tokens (mask sum), its token slots (ids.numel()) and its rows."""
+attention mask, its real tokens (mask sum), its token slots (ids.numel()) and its rows; also the
+time Python's garbage collector took during the loop and the objects it tracked at the start."""
 
+import gc
 import hashlib
 import json
 import os
@@ -123,7 +125,18 @@ def probe_callback(path):
             self.digest = hashlib.sha256()
             self.counts = {{"forwards": 0, "rows": 0, "tokens": 0, "slots": 0}}
             self.handle = model.register_forward_pre_hook(self.see, with_kwargs=True)
+            self.objects = len(gc.get_objects())
+            self.gc = {{"gc_s": 0.0, "gc_collections": 0, "gc_full": 0}}
+            gc.callbacks.append(self.collecting)
             self.start = (time.perf_counter(), time.process_time())
+
+        def collecting(self, phase, info):
+            if phase == "start":
+                self.gc_started = time.perf_counter()
+                return
+            self.gc["gc_s"] += time.perf_counter() - self.gc_started
+            self.gc["gc_collections"] += 1
+            self.gc["gc_full"] += info["generation"] == 2
 
         def see(self, module, args, kwargs):
             if not (module.training and torch.is_grad_enabled()):
@@ -143,7 +156,9 @@ def probe_callback(path):
         def on_train_end(self, args, state, control, **kwargs):
             wall, cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
             self.handle.remove()
-            record = {{"wall": wall, "cpu": cpu, "digest": self.digest.hexdigest(), **self.counts}}
+            gc.callbacks.remove(self.collecting)
+            record = {{"wall": wall, "cpu": cpu, "digest": self.digest.hexdigest(), **self.counts, **self.gc}}
+            record["gc_objects"] = self.objects
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
 
@@ -194,7 +209,10 @@ class Run:
     cpu: float
     load: float  # 1-minute load average just before the run
     train_loss: float
-    micro_batch: int = 0
+    micro_batch: int = 0  # pairs (packed: groups) per micro-batch
+    gc_s: float = 0.0  # seconds Python's garbage collector took during the loop
+    gc_full: int = 0  # full (generation 2) collections during the loop
+    gc_objects: int = 0  # objects the collector tracked when the loop started
 
     @property
     def tokens_per_s(self) -> float:
@@ -210,7 +228,14 @@ class Run:
 
     @property
     def padding_efficiency(self) -> float:
+        """Real tokens / token slots of the collated (padded) batches, before any flattening."""
         return self.tokens / self.slots
+
+    @property
+    def computed(self) -> int:
+        """Token positions the model computes: every slot of a padded batch; only the real tokens
+        when ours runs the batch padding-free (the default, and under sample_packing)."""
+        return self.tokens if self.side in ("padding_free", "packed") else self.slots
 
     def record(self) -> dict[str, Any]:
         return {
@@ -219,6 +244,7 @@ class Run:
             "pairs_per_s": self.pairs_per_s,
             "tokens_per_cpu_s": self.tokens_per_cpu_s,
             "padding_efficiency": self.padding_efficiency,
+            "computed": self.computed,
         }
 
 
@@ -428,7 +454,8 @@ def finish(
         part=part, side=side, repeat=repeat, tokens=probe["tokens"], logged_tokens=logged,
         slots=probe["slots"], pairs=probe["rows"] // 2, forwards=probe["forwards"], steps=steps,
         digest=probe["digest"], train_runtime=runtime, loop_cpu=probe["cpu"], wall=wall, cpu=cpu,
-        load=load, train_loss=loss, micro_batch=settings.micro_batch,
+        load=load, train_loss=loss, micro_batch=settings.micro_batch, gc_s=probe["gc_s"],
+        gc_full=probe["gc_full"], gc_objects=probe["gc_objects"],
     )  # fmt: skip
 
 
@@ -509,7 +536,8 @@ def part_same(args: argparse.Namespace, work: Path, site: Path, model: Path, dat
             f"part 1 {label} ({' then '.join(order)}): tokens/s ours {ours.tokens_per_s:.0f}, "
             f"TRL {trl.tokens_per_s:.0f} (ratio {ours.tokens_per_s / trl.tokens_per_s:.3f}); tokens/CPU-s "
             f"ours {ours.tokens_per_cpu_s:.0f}, TRL {trl.tokens_per_cpu_s:.0f}; loss {ours.train_loss:.4f} / "
-            f"{trl.train_loss:.4f}; wall {ours.wall:.1f}s / {trl.wall:.1f}s; load {ours.load:.2f}/{trl.load:.2f}",
+            f"{trl.train_loss:.4f}; wall {ours.wall:.1f}s / {trl.wall:.1f}s; "
+            f"load {ours.load:.2f}/{trl.load:.2f}",
             flush=True,
         )
         check_same(ours, trl, data, steps)
@@ -558,7 +586,7 @@ def part_packing(
 
 METRICS = (
     "tokens", "pairs", "steps", "train_runtime", "tokens_per_s", "pairs_per_s", "loop_cpu",
-    "tokens_per_cpu_s", "padding_efficiency", "wall", "cpu", "train_loss", "load",
+    "tokens_per_cpu_s", "padding_efficiency", "computed", "wall", "cpu", "train_loss", "load",
 )  # fmt: skip
 
 
@@ -628,7 +656,8 @@ ROWS = (
     ("pairs/s", "pairs_per_s"),
     ("train loop CPU time, s", "loop_cpu"),
     ("real tokens per CPU-second", "tokens_per_cpu_s"),
-    ("padding efficiency of the batches", "padding_efficiency"),
+    ("real / slots of the collated batches", "padding_efficiency"),
+    ("token positions the model computes", "computed"),
     ("end-to-end wall time, s", "wall"),
     ("end-to-end CPU time, s", "cpu"),
     ("train loss", "train_loss"),
@@ -646,21 +675,24 @@ def print_table(med: dict[str, dict[str, float]], sides: tuple[str, ...], base: 
         rows.append([label, *(fmt(med[s][key]) for s in sides), *(f"{r:.3f}" for r in shown)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         print("  " + " | ".join(cells))
 
 
 def print_report(runs: list[Run], summary: dict[str, Any], args: argparse.Namespace, info: dict) -> None:
     print("\nevery measured run:")
     print(
-        f"  {'run':<18} {'tokens':>8} {'pairs':>6} {'steps':>5} {'loop s':>8} {'tok/s':>7} {'pairs/s':>7} "
+        f"  {'run':<24} {'tokens':>8} {'pairs':>6} {'steps':>5} {'loop s':>8} {'tok/s':>7} {'pairs/s':>7} "
         f"{'tok/cpu-s':>9} {'pad eff':>7} {'wall s':>7} {'load':>5} {'loss':>7}"
     )
     for r in runs:
         print(
-            f"  {r.part + '-' + r.side + '-' + str(r.repeat):<18} {r.tokens:>8} {r.pairs:>6} {r.steps:>5} "
-            f"{r.train_runtime:>8.2f} {r.tokens_per_s:>7.0f} {r.pairs_per_s:>7.2f} {r.tokens_per_cpu_s:>9.0f} "
-            f"{r.padding_efficiency:>7.3f} {r.wall:>7.1f} {r.load:>5.2f} {r.train_loss:>7.4f}"
+            f"  {r.part + '-' + r.side + '-' + str(r.repeat):<24} {r.tokens:>8} {r.pairs:>6} {r.steps:>5} "
+            f"{r.train_runtime:>8.2f} {r.tokens_per_s:>7.0f} {r.pairs_per_s:>7.2f} "
+            f"{r.tokens_per_cpu_s:>9.0f} {r.padding_efficiency:>7.3f} {r.wall:>7.1f} {r.load:>5.2f} "
+            f"{r.train_loss:>7.4f}"
         )
     if "same" in summary:
         s, data = summary["same"], info["data"]["same"]
@@ -672,17 +704,20 @@ def print_report(runs: list[Run], summary: dict[str, Any], args: argparse.Namesp
         print_table(s["median"], ("ours", "trl"), "trl")
         r = s["ratio"]
         print(
-            f"ours / TRL, median real tokens/s: {r['tokens_per_s']:.3f} ({s['status']}: target >= {TARGET_SAME}); "
-            f"per round {', '.join(f'{x:.3f}' for x in r['per_round'])} (median {r['per_round_median']:.3f}); "
+            f"ours / TRL, median real tokens/s: {r['tokens_per_s']:.3f} "
+            f"({s['status']}: target >= {TARGET_SAME}); per round "
+            f"{', '.join(f'{x:.3f}' for x in r['per_round'])} (median {r['per_round_median']:.3f}); "
             f"per CPU-second {r['tokens_per_cpu_s']:.3f} (per round "
             f"{', '.join(f'{x:.3f}' for x in r['per_round_cpu'])})"
         )
-        print("  same batches on both sides: checked (every micro-batch's hash, real tokens, num_tokens, steps)")
+        print(
+            "  same batches on both sides: checked (each micro-batch's hash, real tokens, num_tokens, steps)"
+        )
     if "packing" in summary:
         s, data, choice = summary["packing"], info["data"]["packing"], info["packed_micro_batch"]
         print(
-            f"\npart 2, packed vs unpacked DPO (median of {args.repeats}): {data['pairs']:,} long-tailed pairs "
-            f"({data['tokens']:,} tokens; longer sequence median {data['longer_sequence_median']}, p90 "
+            f"\npart 2, packed vs unpacked DPO (median of {args.repeats}): {data['pairs']:,} long-tailed "
+            f"pairs ({data['tokens']:,} tokens; longer sequence median {data['longer_sequence_median']}, p90 "
             f"{data['longer_sequence_p90']}, max {data['longer_sequence_max']}; sequence_len "
             f"{data['sequence_len']}), one epoch each"
         )
@@ -691,7 +726,11 @@ def print_report(runs: list[Run], summary: dict[str, Any], args: argparse.Namesp
             f"{choice['groups_per_micro_batch']} group(s) of up to {2 * data['sequence_len']} tokens = "
             f"{choice['pairs_per_micro_batch']} pairs on average ({choice['groups']} groups, "
             f"{choice['pairs_per_group']} pairs each, fill {choice['group_fill']:.3f}): "
-            f"round({args.micro_batch} / pairs per group)"
+            + (
+                "--packed-micro-batch"
+                if args.packed_micro_batch is not None
+                else f"round({args.micro_batch} / pairs per group)"
+            )
         )
         print_table(s["median"], VARIANTS, "padded")
         for v in ("padding_free", "packed"):
@@ -732,7 +771,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=("same", "packing", "both"), default="both")
     p.add_argument("--repeats", type=int, help="measured rounds (default 3; --quick, --smoke: 1)")
-    p.add_argument("--warmup", type=int, help="unmeasured part-1 pairs first (default 1; --quick, --smoke: 0)")
+    p.add_argument("--warmup", type=int, help="unmeasured part-1 pairs first (default 1; --quick/--smoke 0)")
     p.add_argument(
         "--steps", type=int,
         help="optimizer steps of part 1 and of part 2's unpacked runs: the sets have steps x micro-batch x "
@@ -802,10 +841,11 @@ def main(argv: list[str] | None = None) -> int:
             info["packed_micro_batch"]["pairs_per_micro_batch"] = round(
                 groups * info["packed_micro_batch"]["pairs_per_group"], 2
             )
+        stats = info["data"]["packing"]
         print(
             f"part 1 data: {same.pairs:,} pairs, {same.tokens:,} tokens; part 2 data: {long.pairs:,} pairs, "
-            f"{long.tokens:,} tokens (longer sequence median {info['data']['packing']['longer_sequence_median']}, "
-            f"max {info['data']['packing']['longer_sequence_max']}); packed micro-batch {groups} group(s)",
+            f"{long.tokens:,} tokens (longer sequence median {stats['longer_sequence_median']}, max "
+            f"{stats['longer_sequence_max']}); packed micro-batch {groups} group(s)",
             flush=True,
         )
         runs: list[Run] = []

@@ -386,8 +386,8 @@ def test_resumed_grpo_equals_uninterrupted(tiny_model, toy_data, tmp_path, test_
     from tests.test_long_runs import final_weights, max_difference, stopped_at, train_logged
 
     config = grpo_config(
-        tiny_model, toy_data, tmp_path / "ref", [test_reward], max_steps=6, save_strategy="steps", save_steps=3,
-        adapter={"type": "lora", "r": 4},
+        tiny_model, toy_data, tmp_path / "ref", [test_reward], max_steps=6, save_strategy="steps",
+        save_steps=3, adapter={"type": "lora", "r": 4},
     )  # fmt: skip
     reference = run_api(tmp_path, config, name="ref.yml")
     stopped_at(tmp_path / "ref", 3, tmp_path / "resumed")
