@@ -227,3 +227,50 @@ def logits_of(model: Any, tokenizer: Any, text: str = "Reverse the word: hello\n
         out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits.float()
     model.train(was_training)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three finished runs of our own `train`, for the commands that use a trained model:
+    - `full`: a full fine-tune on raw prompt/completion rows (raw prompts at inference);
+    - `lora`: LoRA on ChatML conversations (prompts go through the run's chat template, answers end
+      at `<|im_end|>`, spelled in characters in this vocabulary);
+    - `qlora`: LoRA on the base loaded in 4 bits (bitsandbytes nf4), raw prompts.
+    Test modules that use it share the xdist group "inference", so one worker trains them once."""
+    tmp = tmp_path_factory.mktemp("inference-runs")
+    train = toy_data / "train.jsonl"
+    chat = [
+        {
+            "path": str(toy_data / "chat_train.jsonl"),
+            "type": "chat_template",
+            "chat_template": "chatml",
+            "roles_to_train": ["assistant"],
+            "train_on_eos": "turn",
+        }
+    ]
+    lora = {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}
+    configs = {
+        "full": toy_config(tiny_model, train, tmp / "full", max_steps=60, max_train_samples=480, warmup_steps=5),
+        "lora": toy_config(
+            tiny_model,
+            train,
+            tmp / "lora",
+            datasets=chat,
+            sequence_len=256,
+            max_steps=30,
+            max_train_samples=240,
+            learning_rate=1.0e-2,
+            adapter=lora,
+        ),
+        "qlora": toy_config(
+            tiny_model,
+            train,
+            tmp / "qlora",
+            max_steps=12,
+            learning_rate=1.0e-2,
+            adapter={**lora, "type": "qlora"},
+        ),
+    }
+    for name, config in configs.items():
+        run_api(tmp, config, name=f"{name}.yml")
+    return {name: tmp / name for name in configs}

@@ -26,6 +26,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     """Run a command; config and data errors print without a traceback and exit 2, and a reader
     that closes the pipe early (`| head`) ends it quietly with status 141, as the shell's own."""
     from trainer.data.readers import DataError
+    from trainer.inference.load import LoadError
     from trainer.training.stops import RunStopped
 
     try:
@@ -40,6 +41,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         code = USER_ERROR
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
+        code = USER_ERROR
+    except LoadError as err:
+        print(f"error: {err}", file=sys.stderr)
         code = USER_ERROR
     except RunStopped as err:
         print(err, file=sys.stderr)
