@@ -230,7 +230,9 @@ def logits_of(model: Any, tokenizer: Any, text: str = "Reverse the word: hello\n
 
 
 @pytest.fixture(scope="session")
-def trained_runs(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained_runs(
+    tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Three finished runs of our own `train`, for the commands that use a trained model:
     - `full`: a full fine-tune on raw prompt/completion rows (raw prompts at inference);
     - `lora`: LoRA on ChatML conversations (prompts go through the run's chat template, answers end
@@ -250,7 +252,9 @@ def trained_runs(tiny_model: Path, toy_data: Path, tmp_path_factory: pytest.Temp
     ]
     lora = {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}
     configs = {
-        "full": toy_config(tiny_model, train, tmp / "full", max_steps=60, max_train_samples=480, warmup_steps=5),
+        "full": toy_config(
+            tiny_model, train, tmp / "full", max_steps=60, max_train_samples=480, warmup_steps=5
+        ),
         "lora": toy_config(
             tiny_model,
             train,

@@ -167,7 +167,8 @@ def test_chat_messages_rows_and_raw_mode(trained_runs: dict[str, Path], tmp_path
     assert chat.chat and chat.stop_strings == ["<|im_end|>"]
     messages = [{"role": "system", "content": "Reverse each word."}, {"role": "user", "content": "plane"}]
     assert prompt_text(chat, messages) == (
-        "<|im_start|>system\nReverse each word.<|im_end|>\n<|im_start|>user\nplane<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>system\nReverse each word.<|im_end|>\n"
+        "<|im_start|>user\nplane<|im_end|>\n<|im_start|>assistant\n"
     )
     assert prompt_text(chat, "plane", system="S") == prompt_text(
         chat, [{"role": "system", "content": "S"}, {"role": "user", "content": "plane"}]
