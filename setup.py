@@ -54,6 +54,15 @@ BUILTIN_PLUGINS = {
     "trainer.kernels": [
         "liger = plugins.kernels.liger:Liger",
     ],
+    "trainer.evals": [
+        "loss = plugins.evals.loss:Loss",
+        "generation = plugins.evals.generation:Generation",
+        "lm_eval = plugins.evals.lm_eval:LmEval",
+    ],
+    "trainer.metrics": [
+        "exact_match = plugins.metrics.text:exact_match",
+        "contains = plugins.metrics.text:contains",
+    ],
     "trainer.rewards": [
         "answer_match = plugins.rewards.rules:answer_match",
         "answer_similarity = plugins.rewards.rules:answer_similarity",
@@ -66,7 +75,9 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],
-    "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
+    "liger": ["liger-kernel>=0.7"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+    "eval": ["lm-eval>=0.4"],  # Triton GPU kernels (0.7: first with transformers 5 support)
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on 2 workers
@@ -77,6 +88,8 @@ EXTRAS = {
         "types-PyYAML",
         "jsonschema>=4",
         "tensorboard>=2.14",  # the report_to: tensorboard test
+        "openai>=1.0",  # the serve tests talk to the server with the official client
+        "pexpect>=4.8",  # the chat test types into a real pseudo-terminal
     ],
 }
 # GPU-only extras stay out of `all`: flash-attn cannot build without CUDA, and liger-kernel needs

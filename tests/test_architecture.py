@@ -62,6 +62,7 @@ LAYERS = (
     ("trainer.data",),
     ("trainer.outputs",),
     ("trainer.training",),
+    ("trainer.inference", "trainer.evaluation"),
     ("trainer.runtime",),
     ("trainer.tools",),
     ("trainer.cli",),

@@ -418,6 +418,56 @@ class Reward:
     works as it is). No subclassing: a plain function is a reward plugin."""
 
 
+class EvalContext:
+    """What an eval plugin measures with, given by the core (training's `evals:` before and after
+    training, or `trainer evaluate`): the model as it stands, its tokenizer, the run's config and
+    the core's helpers, so that a plugin does not re-implement data encoding or generation."""
+
+    config: TrainConfig
+    model: Any
+    tokenizer: Any
+    chat: bool
+    """Prompts go through the tokenizer's chat template (the run trained on chat), else raw text."""
+
+    def eval_rows(self) -> Any:
+        """The run's eval split (`val_set_size` or `test_datasets`) encoded exactly as training
+        encodes it (`input_ids`, `labels` with -100 where no loss); None when it has none."""
+        raise NotImplementedError
+
+    def loss(self, rows: Any, batch_size: int) -> tuple[float, int]:
+        """(summed cross-entropy, trained tokens) of `rows` under the model: trained tokens only."""
+        raise NotImplementedError
+
+    def generate(
+        self, prompts: list[Any], *, max_new_tokens: int, system: str | None = None, batch_size: int = 8
+    ) -> list[str]:
+        """Greedy answers to prompts (strings or chat messages), rendered as the run was trained."""
+        raise NotImplementedError
+
+    def metric(self, name: str) -> Callable[..., Any]:
+        """The installed `trainer.metrics` function called `name`."""
+        raise NotImplementedError
+
+
+class Eval(Plugin[OptionsT]):
+    """One measurement of a model, listed under `evals:` (run before and after training) or run by
+    `trainer evaluate`: `run()` returns {metric name: value}; `check()` validates at config time."""
+
+    def run(self, context: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+    def metric_names(self) -> list[str]:
+        """The `trainer.metrics` it calls, by name: the core checks each is installed (the
+        option listing them is `metrics`)."""
+        return []
+
+
+class Metric:
+    """The `trainer.metrics` kind: an entry point names a callable
+    `fn(predictions, references, **columns) -> float | list[float]` (a list is averaged): the
+    generation eval scores greedy answers against reference answers with it. No subclassing."""
+
+
 def _bases() -> dict[str, type[Any]]:
     here = globals()
     return {kind.group: here[kind.base] for kind in PLUGIN_KINDS}

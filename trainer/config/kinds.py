@@ -57,6 +57,20 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
         description="Kernel plugins that swap modules or the loss for fused kernels: liger, ...",
     ),
     PluginKind(
+        "evals",
+        "Eval",
+        "evals",
+        many=True,
+        description="Measurements run before and after training and by `evaluate`: loss, generation, lm_eval",
+    ),
+    PluginKind(
+        "metrics",
+        "Metric",
+        None,
+        description="Generation metrics: fn(predictions, references, **columns) -> float | list[float]",
+        function=True,
+    ),
+    PluginKind(
         "rewards",
         "Reward",
         None,

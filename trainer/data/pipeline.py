@@ -104,6 +104,28 @@ def build_datasets(resolved: Resolved, tokenizer: Any) -> Prepared:
     return Prepared(*_limit(train, evals, resolved, report), report, cache_dir)
 
 
+def build_eval_dataset(resolved: Resolved, tokenizer: Any) -> Any:
+    """The run's eval split alone, as training encodes it: its `test_datasets` when it has them
+    (only those are read), else the `val_set_size` rows held out of the training data."""
+    import datasets
+
+    config = resolved.config
+    if not config.test_datasets:
+        return build_datasets(resolved, tokenizer).eval
+    prepare_formatters(resolved, tokenizer)
+    report, rows = DataReport(fingerprint=""), []
+    for spec, chosen in zip(config.test_datasets, resolved.test_formatters, strict=True):
+        counts = DatasetCounts(spec.path, "test")
+        rows += _encode_source(resolved, tokenizer, Source(spec), chosen, counts, report, set()).rows
+    examples = [example for row in rows for example in row]
+    if not examples:
+        raise DataError(config.test_datasets[0].path, "no usable rows in the eval datasets")
+    evals = datasets.Dataset.from_dict(_columns(examples))
+    if config.max_eval_samples and len(evals) > config.max_eval_samples:
+        evals = evals.select(range(config.max_eval_samples))
+    return evals
+
+
 def prepare_formatters(resolved: Resolved, tokenizer: Any) -> None:
     """Give every formatter the tokenizer. A chat formatter may set the tokenizer's template (saved
     with the model); two formatters wanting different templates cannot share one tokenizer."""

@@ -277,10 +277,10 @@ def _quantization(source: Source, quantize: bool) -> tuple[Any, str | None]:
 
 def _embedding_rows(folder: str) -> int | None:
     """Rows of a full embedding / output matrix saved with the adapter (a run that added tokens)."""
-    from trainer.tools.merge import _adapter_embedding_rows
+    from trainer.outputs.adapter_files import embedding_rows
 
     weights = next((Path(folder) / n for n in ADAPTER_WEIGHTS if (Path(folder) / n).is_file()), None)
-    return _adapter_embedding_rows(weights) if weights is not None else None
+    return embedding_rows(weights) if weights is not None else None
 
 
 def pick_device(device: str | None) -> Any:
@@ -289,6 +289,27 @@ def pick_device(device: str | None) -> Any:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def in_memory(model: Any, tokenizer: Any, resolved: dict[str, Any] | None, name: str) -> Loaded:
+    """A model already in memory (training's evals, before and after) as a `Loaded`: the prompt
+    format and end-of-turn markers follow `resolved` (the run's config) as for a loaded run."""
+    source = Source(path=name, kind="model", tokenizer_path="", resolved=resolved)
+    chat, why = chat_by_default(source, tokenizer)
+    stop_ids, stop_strings = end_of_turn(source, tokenizer, chat)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        source=source,
+        description="the model being trained",
+        chat=chat,
+        stop_token_ids=stop_ids,
+        stop_strings=stop_strings,
+        context_length=int(context) if context else None,
+        device=next(model.parameters()).device,
+        notes=[f"prompt format: {why}"],
+    )
 
 
 def load(
@@ -338,7 +359,7 @@ def load(
     if source.kind == "adapter":
         from peft import PeftModel
 
-        from trainer.tools.merge import RunInfo
+        from trainer.outputs.adapter_files import describe_adapter
 
         rows = int(model.get_input_embeddings().weight.shape[0])
         wanted = max(len(tokenizer), _embedding_rows(source.path) or 0)
@@ -351,15 +372,8 @@ def load(
                 f"cannot apply the adapter in {source.path} to '{source.base_model}' (the wrong base?): {err}"
             ) from None
         bits = 4 if quantization is not None and getattr(quantization, "load_in_4bit", False) else None
-        info = RunInfo(
-            run_dir=Path(source.path),
-            base_model=str(source.base_model),
-            adapter_config=source.adapter_config,
-            adapter_weights=Path(source.path),
-            resolved=source.resolved or {},
-            quantized_bits=bits or (8 if quantization is not None else None),
-        )
-        description = f"{info.describe()} on {source.base_model}"
+        quantized = (4 if bits else 8) if quantization is not None else None
+        description = f"{describe_adapter(source.adapter_config, quantized)} on {source.base_model}"
     elif source.resolved is not None:
         description = "full fine-tune"
     if quantization is None:

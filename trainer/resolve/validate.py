@@ -119,6 +119,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems += _packing_checks(config, chosen.get("attention"))
         problems += _method_checks(config, chosen)
         problems += _reward_checks(chosen, registry)
+        problems += _metric_checks(chosen, registry)
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -663,6 +664,19 @@ def _reward_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
             registry.get("rewards", name)
         except PluginError as err:
             problems.append(Problem((*method.path, "rewards", i) if listed else method.path, str(err)))
+    return problems
+
+
+def _metric_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Each metric an eval names must be an installed `trainer.metrics` entry point that loads,
+    reported at `evals[i].metrics[j]`."""
+    problems = []
+    for item in chosen.get("evals", []):
+        for j, name in enumerate(item.plugin.metric_names()):
+            try:
+                registry.get("metrics", name)
+            except PluginError as err:
+                problems.append(Problem((*item.path, "metrics", j), str(err)))
     return problems
 
 

@@ -429,6 +429,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
         **run_features(config, merged),
     )
     trainer.train_dataset, trainer.eval_dataset = train, evals
+    add_evals(trainer, resolved, tokenizer, data.eval)
     parameters = finish(trainer, adapter, args)
     return Built(trainer, tokenizer, train, evals, data.report, data.cache_dir, args, parameters)
 
@@ -450,6 +451,15 @@ def run_features(config: TrainConfig, merged: Merged) -> dict[str, Any]:
         "spike_factor": config.grad_norm_spike_factor,
     }
     return {"callbacks": callbacks or None, "save_total_limit": config.save_total_limit, "watchdog": watchdog}
+
+
+def add_evals(trainer: Any, resolved: Resolved, tokenizer: Any, eval_dataset: Any) -> None:
+    """The config's `evals:`, run before and after training (trainer.evaluation.run)."""
+    from trainer.evaluation.run import evals_callback
+
+    callback = evals_callback(resolved, tokenizer, eval_dataset)
+    if callback is not None:
+        trainer.add_callback(callback)
 
 
 def finish(trainer: Any, adapter: Adapter, args: Any) -> tuple[int, int]:
@@ -529,6 +539,7 @@ def build_method_trainer(resolved: Resolved, merged: Merged, args: Any) -> Built
         trainer.data_collator = Ungrouped(trainer.data_collator)
     if data.eval is not None and "chosen_ids" in data.eval.column_names:
         trainer.add_callback(PairPreference(trainer, data.eval, tokenizer.pad_token_id, method.model))
+    add_evals(trainer, resolved, tokenizer, data.eval)
     parameters = finish(trainer, adapter, args)
     metrics = (*method.metrics, PREFERENCE_ACCURACY)
     batches = len(trainer.get_train_dataloader()) if method.rewards() else None  # GRPO repeats prompts

@@ -22,6 +22,7 @@ import yaml
 
 from trainer.api import Adapter
 from trainer.config.paths import looks_local
+from trainer.outputs.adapter_files import describe_adapter, embedding_rows
 from trainer.outputs.output_dir import RESOLVED_NAME
 from trainer.resolve.validate import plugin_for_block
 
@@ -83,19 +84,7 @@ class RunInfo:
 
     def describe(self) -> str:
         """E.g. 'QLoRA (LoRA trained on a 4-bit base; r=8, alpha=16)' or 'DoRA (r=8, alpha=16)'."""
-        method = "DoRA" if self.use_dora else ("LoRA" if self.peft_type == "LORA" else self.peft_type)
-        details = [
-            f"{key}={_number(self.adapter_config[name])}"
-            for key, name in (("r", "r"), ("alpha", "lora_alpha"))
-            if self.adapter_config.get(name) is not None
-        ]
-        if self.adapter_config.get("modules_to_save"):
-            details.append(f"modules_to_save={self.adapter_config['modules_to_save']}")
-        if self.quantized_bits:
-            name = "QDoRA" if self.use_dora else "QLoRA"
-            base = f"{method} trained on a {self.quantized_bits}-bit base"
-            return f"{name} ({'; '.join([base, ', '.join(details)]) if details else base})"
-        return f"{method} ({', '.join(details)})" if details else method
+        return describe_adapter(self.adapter_config, self.quantized_bits)
 
 
 @dataclass
@@ -105,10 +94,6 @@ class MergeResult:
     dtype: str
     vocab_resized: tuple[int, int] | None
     files: list[str]
-
-
-def _number(value: Any) -> Any:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def default_out(run_dir: str | os.PathLike[str]) -> Path:
@@ -233,26 +218,6 @@ def check_out(out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _adapter_embedding_rows(weights: Path) -> int | None:
-    """Rows of a full embedding / output matrix saved with the adapter (a run that added tokens)."""
-    if weights.suffix != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    rows = []
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            if "lora_" in key or not key.endswith(".weight"):
-                continue
-            if any(
-                part in key for part in ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
-            ):
-                shape = handle.get_slice(key).get_shape()
-                if len(shape) == 2:
-                    rows.append(int(shape[0]))
-    return max(rows) if rows else None
-
-
 def _eos_ids(base: Any, tokenizer_eos: int | None) -> Any:
     """The base's EOS id(s) with the tokenizer's EOS first: generation stops where the tokenizer ends."""
     ids = [] if base is None else (list(base) if isinstance(base, list | tuple) else [base])
@@ -296,7 +261,7 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
 
     resized = None
     rows = int(model.get_input_embeddings().weight.shape[0])
-    wanted = max(len(tokenizer), _adapter_embedding_rows(info.adapter_weights) or 0)
+    wanted = max(len(tokenizer), embedding_rows(info.adapter_weights) or 0)
     if wanted > rows:
         model.resize_token_embeddings(wanted)
         resized = (rows, wanted)

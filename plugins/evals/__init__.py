@@ -1,0 +1,1 @@
+"""Built-in eval plugins (`trainer.evals` entry points): loss, generation, lm_eval."""

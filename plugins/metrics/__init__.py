@@ -1,0 +1,1 @@
+"""Built-in generation metrics (`trainer.metrics` entry points)."""
