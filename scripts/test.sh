@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-bash scripts/install.sh dev,qlora,galore,deepspeed  # QLoRA, GaLore and DeepSpeed ZeRO run on CPU
+bash scripts/install.sh dev,qlora,galore,deepspeed,serve,eval  # QLoRA, GaLore and DeepSpeed ZeRO run on CPU
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
 "$PYTHON" -m mypy
