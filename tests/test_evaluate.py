@@ -236,3 +236,58 @@ def test_loss_eval_is_refused_for_a_preference_method(
         "evals[0]: measures next-token loss on prompt/answer rows; method 'dpo' trains on 'preference' rows"
         in done.stderr
     )
+
+
+def test_evals_are_refused_where_the_weights_are_sharded(
+    tiny_model: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    config = toy_config(
+        tiny_model,
+        toy_data / "train.jsonl",
+        tmp_path / "o",
+        val_set_size=8,
+        evals=[{"type": "loss"}],
+        distributed={"type": "fsdp", "num_processes": 2},
+    )
+    done = run_command("validate", write_yaml(tmp_path / "cfg.yml", config))
+    assert done.returncode == 2
+    assert (
+        "evals: evals run on the main process with the whole model, but distributed 'fsdp' shards"
+        in done.stderr
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+def test_evals_under_ddp_run_once_and_match_one_process(
+    tiny_model: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """Two DDP processes: the main one evaluates while the other waits; the numbers before training
+    equal one process's (the same starting model), and the run finishes."""
+    evals = [
+        {"type": "loss"},
+        {
+            "type": "generation",
+            "path": str(toy_data / "eval.jsonl"),
+            "answer_field": "generation",
+            "max_new_tokens": 6,
+            "limit": 8,
+        },
+    ]
+    common = {"max_steps": 4, "val_set_size": 16, "evals": evals, "micro_batch_size": 4}
+    one = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "one", **common)
+    two = toy_config(
+        tiny_model,
+        toy_data / "train.jsonl",
+        tmp_path / "two",
+        **common,
+        distributed={"type": "ddp", "num_processes": 2},
+    )
+    for name, config in (("one", one), ("two", two)):
+        done = run_command("train", write_yaml(tmp_path / f"{name}.yml", config))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("evals (before -> after training):") == 1
+    first = json.loads((tmp_path / "one" / "evals.json").read_text())
+    second = json.loads((tmp_path / "two" / "evals.json").read_text())
+    assert second["before"] == pytest.approx(first["before"], rel=1e-6)
+    assert set(second["after"]) == set(first["after"])

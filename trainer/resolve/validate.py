@@ -120,6 +120,7 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems += _method_checks(config, chosen)
         problems += _reward_checks(chosen, registry)
         problems += _metric_checks(chosen, registry)
+        problems += _eval_checks(chosen)
         for item in chosen.values():
             items = item if isinstance(item, list) else [item]
             for one in filter(None, items):
@@ -678,6 +679,22 @@ def _metric_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
             except PluginError as err:
                 problems.append(Problem((*item.path, "metrics", j), str(err)))
     return problems
+
+
+def _eval_checks(chosen: dict[str, Any]) -> list[Problem]:
+    """Evals run before and after training on the main process with the whole model: a backend
+    that shards the weights over processes (FSDP, ZeRO-3) has no whole model there."""
+    evals, distributed = chosen.get("evals", []), chosen.get("distributed")
+    if not evals or distributed is None or not distributed.plugin.sharding().weights:
+        return []
+    return [
+        Problem(
+            ("evals",),
+            f"evals run on the main process with the whole model, but distributed "
+            f"'{distributed.entry.name}' shards the weights over the processes; evaluate the saved run "
+            "after training instead: trainer evaluate OUTPUT_DIR",
+        )
+    ]
 
 
 def _is_multiple(big: float, small: float) -> bool:
