@@ -54,24 +54,8 @@ def test_perplexity_is_exp_of_the_eval_loss_training_logged(
     assert results["loss/perplexity"] == pytest.approx(math.exp(logged), rel=1e-5)
 
 
-def test_loss_on_other_data_counts_the_trained_tokens_only(tiny_model: Path, toy_data: Path) -> None:
-    """--data/--type on a plain model folder: the answer tokens (+ EOS) given the prompt, as a
-    hand computation with the plain libraries gives it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    rows = [json.loads(line) for line in (toy_data / "eval.jsonl").read_text().splitlines()[:40]]
-    data = toy_data.parent / "eval40.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = evaluated(
-        tiny_model,
-        "--data",
-        data,
-        "--type",
-        "prompt_completion",
-        "test_datasets[0].completion_field=generation",
-    )
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+def hand_loss(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> tuple[float, int]:
+    """Mean cross-entropy of the answer tokens (+ EOS) given the prompt, one row at a time."""
     total, count = 0.0, 0
     with torch.no_grad():
         for row in rows:
@@ -84,8 +68,69 @@ def test_loss_on_other_data_counts_the_trained_tokens_only(tiny_model: Path, toy
             logprobs = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
             total -= float(logprobs[torch.arange(len(answer)), torch.tensor(answer)].sum())
             count += len(answer)
+    return total / count, count
+
+
+@pytest.fixture(scope="module")
+def eval_rows(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
+    rows = [json.loads(line) for line in (toy_data / "eval.jsonl").read_text().splitlines()[:40]]
+    data = tmp_path_factory.mktemp("eval-rows") / "eval40.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data, rows
+
+
+def test_loss_on_other_data_counts_the_trained_tokens_only(
+    tiny_model: Path, eval_rows: tuple[Path, list[dict[str, str]]]
+) -> None:
+    """--data/--type on a plain model folder: the answer tokens (+ EOS) given the prompt, as a
+    hand computation with the plain libraries gives it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data, rows = eval_rows
+    completion = "test_datasets[0].completion_field=generation"
+    results = evaluated(tiny_model, "--data", data, "--type", "prompt_completion", completion)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    loss, count = hand_loss(model, AutoTokenizer.from_pretrained(tiny_model), rows)
     assert results["loss/tokens"] == count
-    assert results["loss/loss"] == pytest.approx(total / count, rel=1e-5)
+    assert results["loss/loss"] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora"])
+def test_adapter_runs_are_evaluated_as_they_load(
+    kind: str, trained_runs: dict[str, Path], eval_rows: tuple[Path, list[dict[str, str]]]
+) -> None:
+    """A LoRA run (unmerged) and a QLoRA run (its 4-bit base): loss and generation metrics equal a
+    hand computation on the model as `load` gives it (which tests/test_generate.py holds equal to
+    PEFT's own loading)."""
+    if kind == "qlora":
+        pytest.importorskip("bitsandbytes")
+    from trainer.inference.generation import Sampling, generate, prompt_ids
+    from trainer.inference.load import load
+
+    data, rows = eval_rows
+    completion = "test_datasets[0].completion_field=generation"
+    loss = evaluated(
+        trained_runs[kind], "--data", data, "--type", "prompt_completion", completion, "val_set_size=0"
+    )
+    loaded = load(str(trained_runs[kind]))
+    assert (kind == "qlora") == any(type(m).__name__ == "Linear4bit" for m in loaded.model.modules())
+    expected, count = hand_loss(loaded.model, loaded.tokenizer, rows)
+    assert loss["loss/tokens"] == count and loss["loss/loss"] == pytest.approx(expected, rel=1e-5)
+
+    scored = evaluated(
+        trained_runs[kind],
+        "--prompts",
+        data,
+        "--answer-field",
+        "generation",
+        "--metrics",
+        "contains",
+        "--max-new-tokens",
+        "8",
+    )
+    answers = generate(loaded, [prompt_ids(loaded, r["prompt"]) for r in rows], Sampling(max_new_tokens=8))
+    contained = sum(r["generation"] in a[0].text for r, a in zip(rows, answers, strict=True)) / len(rows)
+    assert scored["generation/contains"] == pytest.approx(contained)
 
 
 def test_generation_metrics_with_a_third_party_metric(
