@@ -75,9 +75,9 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
     "flash-attn": ["flash-attn>=2.6"],
-    "liger": ["liger-kernel>=0.7"],
+    "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
     "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-    "eval": ["lm-eval>=0.4"],  # Triton GPU kernels (0.7: first with transformers 5 support)
+    "eval": ["lm-eval>=0.4"],
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on 2 workers

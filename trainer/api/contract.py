@@ -426,8 +426,6 @@ class EvalContext:
     config: TrainConfig
     model: Any
     tokenizer: Any
-    chat: bool
-    """Prompts go through the tokenizer's chat template (the run trained on chat), else raw text."""
 
     def eval_rows(self) -> Any:
         """The run's eval split (`val_set_size` or `test_datasets`) encoded exactly as training
@@ -446,6 +444,11 @@ class EvalContext:
 
     def metric(self, name: str) -> Callable[..., Any]:
         """The installed `trainer.metrics` function called `name`."""
+        raise NotImplementedError
+
+    def prompt_format(self, chat: bool | None = None) -> tuple[bool, list[str]]:
+        """(whether prompts go through the chat template: as the run was trained unless `chat`
+        says; the texts besides EOS that end an answer: the run's end-of-turn markers)."""
         raise NotImplementedError
 
 

@@ -1,4 +1,6 @@
-"""What every command shares: config arguments and turning user mistakes into exit status 2."""
+"""What the commands share: config arguments, the arguments of the commands that run a trained model
+(which model to load and how, how to sample) and loading it, and turning user mistakes into exit
+status 2."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from trainer.config.errors import ConfigErrors
 
@@ -51,3 +54,97 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+# ---- the commands that run a trained model: generate, chat, serve, evaluate ----------------------
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run's output_dir (full, adapter or merged), a checkpoint-N, or a model folder",
+    )
+    p.add_argument("--base-model", help="an adapter run's base model, when the path it names has moved")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU when there is one)")
+    p.add_argument(
+        "--no-quantize",
+        action="store_true",
+        help="a QLoRA run: load its base unquantized instead of in 4 bits as it was trained",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model's own Python code (a run's config says it for itself)",
+    )
+    template = p.add_mutually_exclusive_group()
+    template.add_argument("--raw", action="store_true", help="do not apply the chat template to prompts")
+    template.add_argument(
+        "--chat", action="store_true", help="apply the tokenizer's chat template even to a raw-text run"
+    )
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    g = p.add_argument_group("sampling (greedy by default)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0 samples")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0: off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="a stop string (repeatable)")
+
+
+def sampling_from(args: argparse.Namespace, num_return_sequences: int = 1) -> Any:
+    """The sampling flags as a trainer.inference.generation.Sampling; bad values exit 2."""
+    from trainer.inference.generation import Sampling
+
+    sampling = Sampling(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        num_return_sequences=num_return_sequences,
+        seed=args.seed,
+        stop=list(args.stop),
+    )
+    problems = sampling.problems()
+    if problems:
+        raise SystemExit(_usage_error("; ".join(problems)))
+    return sampling
+
+
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def load_from(args: argparse.Namespace, log: Any = None) -> Any:
+    """The model the arguments name, loaded; what was loaded is written to `log` (stderr by default,
+    so stdout carries only results)."""
+    import warnings
+
+    from trainer.inference.load import load
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    chat = True if args.chat else (False if args.raw else None)
+    loaded = load(
+        args.run,
+        base_model=args.base_model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=not args.no_quantize,
+        chat=chat,
+        trust_remote_code=True if args.trust_remote_code else None,
+    )
+    say(f"model: {loaded.name} ({loaded.description}) on {loaded.device}")
+    if loaded.source.trust_remote_code or args.trust_remote_code:
+        say("warning: trust_remote_code is on: the model's own Python code runs on this machine")
+    for note in loaded.notes:
+        say(f"note: {note}")
+    return loaded

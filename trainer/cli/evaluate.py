@@ -23,8 +23,7 @@ from typing import Any
 
 import yaml
 
-from trainer.cli.common import USER_ERROR, run
-from trainer.cli.model_args import add_model_args
+from trainer.cli.common import USER_ERROR, add_model_args, run
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.outputs.output_dir import RESOLVED_NAME
 
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace, resolved: Any, model_path: str, blocks: list[dict[str, Any]]) -> int:
-    from trainer.cli.model_args import load_from
+    from trainer.cli.common import load_from
     from trainer.evaluation.context import RunContext
     from trainer.evaluation.run import chosen_evals, run_evals, table
 

@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainer.cli.common import USER_ERROR, run
-from trainer.cli.model_args import add_model_args, add_sampling_args, load_from, sampling_from
+from trainer.cli.common import USER_ERROR, add_model_args, add_sampling_args, load_from, run, sampling_from
 
 
 class RowsError(ValueError):

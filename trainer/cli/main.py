@@ -15,6 +15,10 @@ COMMANDS = {
     "validate": "every config error at once, and the run's plan; no training",
     "preprocess": "tokenize once, report, cache for train (--show N to look at rows)",
     "merge": "fold a LoRA / DoRA / QLoRA run's adapter into its base model",
+    "generate": "generate with a trained model: prompts or a JSONL file in, JSONL out",
+    "chat": "talk to a trained model in the terminal (streamed answers)",
+    "serve": "an OpenAI-compatible HTTP server for a trained model",
+    "evaluate": "loss/perplexity, generation metrics and lm-eval tasks of a trained model",
     "plugins": "every installed plugin: kind, name, distribution, version, status",
     "schema": "JSON Schema of the config, for editors",
 }

@@ -30,7 +30,6 @@ class RunContext(EvalContext):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self._eval_dataset = eval_dataset
         self._registry = registry
-        self.chat = self._loaded().chat
 
     def _loaded(self) -> Any:
         """The model as the inference layer sees it: prompt format and end-of-turn from the run."""
@@ -102,6 +101,20 @@ class RunContext(EvalContext):
         finally:
             model.train(was_training)
         return [completions[0].text for completions in results]
+
+    def prompt_format(self, chat: bool | None = None) -> tuple[bool, list[str]]:
+        loaded = self._loaded()
+        use_chat = loaded.chat if chat is None else chat
+        if use_chat != loaded.chat:  # the other format: its own end-of-turn markers
+            from trainer.inference.load import Source, end_of_turn
+
+            source = Source(path=self.name, kind="model", tokenizer_path="", resolved=loaded.source.resolved)
+            ids, strings = end_of_turn(source, self.tokenizer, use_chat)
+        else:
+            ids, strings = loaded.stop_token_ids, loaded.stop_strings
+        eos = self.tokenizer.eos_token_id
+        markers = [str(self.tokenizer.convert_ids_to_tokens(i)) for i in ids if i != eos]
+        return use_chat, [*markers, *strings]
 
     def metric(self, name: str) -> Callable[..., Any]:
         registry = self._registry or default_registry()

@@ -7,9 +7,10 @@ Generation stops at the tokenizer's EOS, the chat template's end-of-turn token, 
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainer.inference.load import Loaded
@@ -48,6 +49,8 @@ class Sampling:
             out.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
         if self.num_return_sequences < 1:
             out.append(f"num_return_sequences must be at least 1 (got {self.num_return_sequences})")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            out.append(f"seed must be in 0..2**32-1 (got {self.seed})")
         if any(not s for s in self.stop):
             out.append("a stop string cannot be empty")
         return out
@@ -61,7 +64,7 @@ class Sampling:
         config.do_sample = sampling
         config.temperature = self.temperature if sampling else None
         config.top_p = self.top_p if sampling else None
-        config.top_k = (self.top_k or None) if sampling else None
+        config.top_k = self.top_k if sampling else None  # 0, not None: None means transformers' default 50
         config.repetition_penalty = self.repetition_penalty
         config.max_new_tokens = self.max_new_tokens
         config.max_length = None
@@ -144,13 +147,17 @@ def generate(
     loaded: Loaded, prompts: list[list[int]], sampling: Sampling, batch_size: int = 8
 ) -> list[list[Completion]]:
     """`sampling.num_return_sequences` completions for each prompt (token ids), batched with left
-    padding; the seed (when set) makes the whole call reproducible."""
+    padding; the seed (when set) makes the whole call reproducible. Greedy, the n completions of a
+    prompt are one answer n times (transformers refuses n > 1 without sampling)."""
     import torch
     from transformers import set_seed
 
     if sampling.seed is not None:
         set_seed(sampling.seed)
     config = sampling.generation_config(loaded)
+    n = sampling.num_return_sequences
+    runs = n if config.do_sample else 1  # sequences generated per prompt
+    config.num_return_sequences = runs
     pad = loaded.tokenizer.pad_token_id
     results: list[list[Completion]] = []
     for start in range(0, len(prompts), batch_size):
@@ -169,9 +176,9 @@ def generate(
                 tokenizer=loaded.tokenizer if config.stop_strings else None,
             )
         new = out[:, width:].tolist()
-        n = sampling.num_return_sequences
         for row in range(len(batch)):
-            results.append([_finish(loaded, new[row * n + k], sampling) for k in range(n)])
+            done = [_finish(loaded, new[row * runs + k], sampling) for k in range(runs)]
+            results.append([replace(done[k % runs]) for k in range(n)])
     return results
 
 
@@ -188,6 +195,48 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
+class _Pieces:
+    """A `generate()` streamer that hands out text as soon as each token decodes. TextIteratorStreamer
+    holds text with symbols in it (`|`, `<`, code, markup) until the next space, which may be the end
+    of the answer; here a piece waits only while the text ends in an incomplete character (U+FFFD: a
+    byte token that starts one). Each step decodes from one piece back, so a token that decodes
+    differently after another (a SentencePiece leading space) comes out as in the whole text."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.ids: list[int] = []
+        self.prefix = 0  # decoding starts here: the previous piece's tokens, for context
+        self.read = 0  # tokens up to here are handed out
+        self.prompt = True
+
+    def _new_text(self) -> str:
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        return str(text[len(before) :]) if len(text) > len(before) else ""
+
+    def put(self, value: Any) -> None:
+        if self.prompt:  # generate() puts the prompt first
+            self.prompt = False
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        piece = self._new_text()
+        if piece and not piece.endswith("\ufffd"):
+            self.queue.put(piece)
+            self.prefix, self.read = self.read, len(self.ids)
+
+    def end(self) -> None:
+        piece = self._new_text()
+        if piece:
+            self.queue.put(piece)
+        self.prefix = self.read = len(self.ids)
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (piece := self.queue.get()) is not None:
+            yield piece
+
+
 class Stream:
     """One answer generated in a background thread, read piece by piece as text.
 
@@ -199,12 +248,12 @@ class Stream:
     yielded (text that may start a stop string is held back until it cannot)."""
 
     def __init__(self, loaded: Loaded, ids: list[int], sampling: Sampling):
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
         self.loaded, self.sampling = loaded, sampling
         self.cancelled = threading.Event()
         self.completion: Completion | None = None
-        self._streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._streamer = _Pieces(loaded.tokenizer)
         self._new_ids: list[int] = []
         self._error: BaseException | None = None
         config = sampling.generation_config(loaded)
@@ -240,6 +289,15 @@ class Stream:
         self.cancelled.set()
 
     def __iter__(self) -> Iterator[str]:
+        finished = False
+        try:
+            yield from self._pieces()
+            finished = True
+        finally:
+            if not finished:  # the reader stopped early (a break, an error): so does generation
+                self.cancel()
+
+    def _pieces(self) -> Iterator[str]:
         held = ""
         strings = stops(self.loaded, self.sampling)
         stopped = False
