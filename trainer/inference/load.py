@@ -340,7 +340,7 @@ def load(
     tokenizer.padding_side = "left"  # batched prompts end where generation starts
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     target = pick_device(device)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": remote}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
     quantization = None
     if source.kind == "adapter":
         quantization, note = _quantization(source, quantize)
@@ -352,7 +352,7 @@ def load(
                 kwargs["device_map"] = {"": target.index or 0}
     weights_from = str(source.base_model) if source.kind == "adapter" else source.path
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(weights_from, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(weights_from, trust_remote_code=remote, **kwargs)
     except (OSError, ValueError) as err:
         raise LoadError(f"cannot load the model '{weights_from}': {err}") from None
     description = "model"

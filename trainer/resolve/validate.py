@@ -672,7 +672,7 @@ def _metric_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
     """Each metric an eval names must be an installed `trainer.metrics` entry point that loads,
     reported at `evals[i].metrics[j]`."""
     problems = []
-    for item in chosen.get("evals", []):
+    for item in filter(None, chosen.get("evals", [])):
         for j, name in enumerate(item.plugin.metric_names()):
             try:
                 registry.get("metrics", name)
@@ -684,7 +684,7 @@ def _metric_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
 def _eval_checks(chosen: dict[str, Any]) -> list[Problem]:
     """Evals run before and after training on the main process with the whole model: a backend
     that shards the weights over processes (FSDP, ZeRO-3) has no whole model there."""
-    evals, distributed = chosen.get("evals", []), chosen.get("distributed")
+    evals, distributed = [e for e in chosen.get("evals", []) if e], chosen.get("distributed")
     if not evals or distributed is None or not distributed.plugin.sharding().weights:
         return []
     return [
