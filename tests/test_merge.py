@@ -246,7 +246,10 @@ def test_dora_with_new_tokens_and_chat_template(
     assert merged.get_input_embeddings().weight.shape[0] == 262
     reference, _ = adapter_reference(dora_run, tiny_model)
     texts = [*TEXTS, chat_text(tokenizer, "hello"), "<|im_start|>x<|im_end|><pad>"]
-    assert max_diff(logits(merged, tokenizer, texts), logits(reference, tokenizer, texts)) < 1e-4
+    # fp32 DoRA merged vs unmerged differ by op order only (the magnitude re-normalisation): 1e-6 to
+    # 1e-5 over 10 random inits alone, 1.2e-4 once in a full-suite run; logits are ~5, the training
+    # moved them by more than 1e-2
+    assert max_diff(logits(merged, tokenizer, texts), logits(reference, tokenizer, texts)) < 5e-4
     assert differs_from_base(merged, tokenizer, tiny_model) > 1e-2
 
     saved = check_tokens(out, dora_run)
