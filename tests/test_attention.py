@@ -38,7 +38,7 @@ def unavailable_reason(name: str, **overrides: Any) -> str | None:
             **overrides,
         }
     )
-    problems = [*plugin.missing_requirements(), *plugin.check(config)]
+    problems = [*plugin.missing_requirements(), *plugin.check(config), *plugin.check_machine(config)]
     return "; ".join(str(p) for p in problems) or None
 
 

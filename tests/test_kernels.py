@@ -94,7 +94,8 @@ def test_validate_refuses_liger_here_in_one_line(tiny_model: Path, toy_data: Pat
         return
     assert found["code"] == 2
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    note, *lines = result.stderr.strip().splitlines()
+    assert note.startswith("(1 of the errors below is a machine check: "), result.stderr
     assert lines[0] == "1 config error:" and len(lines) == 2, result.stderr
     assert re.fullmatch(rf"  {re.escape(str(cfg))}:\d+  kernels\[0\]: {re.escape(reason)}.*", lines[1]), (
         lines[1]
@@ -139,6 +140,7 @@ def test_contribution_is_exact_and_sftconfig_takes_it(
     # this machine may lack the GPU or the package: the run is only planned, never trained
     monkeypatch.setattr(Liger, "missing_requirements", lambda self: [])
     monkeypatch.setattr(Liger, "check", lambda self, config: [])
+    monkeypatch.setattr(Liger, "check_machine", lambda self, config: [])
     cfg = config_file(
         tmp_path, tiny_model, toy_data, kernels=[{"type": "liger", "rope": False, "cross_entropy": True}]
     )
@@ -220,12 +222,13 @@ def test_check_with_the_package_present(
     plugin = Liger()
     assert plugin.missing_requirements() == []
     config = TrainConfig.model_validate(toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out"))
-    assert plugin.check(config) == [
+    assert plugin.check_machine(config) == [  # a machine check: --skip-machine-checks notes it
         "liger needs a CUDA GPU; none is visible (Liger's kernels are Triton GPU kernels: remove liger "
         "from kernels on this machine)"
     ]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert plugin.check(config) == []  # llama: patched
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert plugin.check_machine(config) == []
 
     other = tmp_path / "gpt2-model"
     other.mkdir()

@@ -96,7 +96,8 @@ def test_galore_8bit_names_both_packages(missing, tiny_model, toy_data, tmp_path
     config = config_for(tiny_model, toy_data, tmp_path / "o", optimizer="galore_adamw_8bit", adapter="galore")
     with pytest.raises(ConfigErrors) as err:
         load_config(str(write_yaml(tmp_path / "cfg.yml", config)))
-    bnb, galore = sorted(p.message for p in err.value.problems)
+    bnb, galore = sorted(p.message for p in err.value.problems if "package" in p.message)
+    assert all(p.machine for p in err.value.problems)  # what is installed here, not the config
     assert "'bitsandbytes' package" in bnb and "trainer[bnb]" in bnb
     assert "'galore_torch' package" in galore and "trainer[galore]" in galore
 
@@ -216,45 +217,27 @@ def test_bf16_on_cpu_trains_under_cpu_autocast(one_thread, tiny_model, toy_data,
     assert next(bf16.trainer.model.parameters()).dtype == torch.float32  # master weights stay fp32
 
 
-class FakeCuda:
-    """torch.cuda as seen on a given GPU (for the CUDA branches of check_precision); everything else
-    is the real torch.cuda (torch.manual_seed, called between tests by pytest-randomly, uses it)."""
-
-    def __init__(self, major: int, bf16: bool):
-        import torch
-
-        self.major, self.bf16, self.real = major, bf16, torch.cuda
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def is_bf16_supported(self) -> bool:
-        return self.bf16
-
-    def get_device_capability(self, *_: Any) -> tuple[int, int]:
-        return (self.major, 0)
-
-    def get_device_name(self, *_: Any) -> str:
-        return "Tesla V100" if self.major < 8 else "A100"
-
-
 @pytest.mark.parametrize(("major", "bf16_ok"), [(7, False), (8, True)])
-def test_precision_rules_on_cuda(
-    major, bf16_ok, one_thread, monkeypatch, tiny_model, toy_data, tmp_path
-) -> None:
-    torch = one_thread
-    from trainer.resolve.precision import check_optimizer_device, check_precision
+def test_precision_rules_on_cuda(major, bf16_ok, tiny_model, toy_data, tmp_path) -> None:
+    """The CUDA branches, on a described machine (a V100 or an A100) rather than this one."""
+    from trainer.resolve.precision import Machine, check_optimizer_device, check_precision
 
-    monkeypatch.setattr(torch, "cuda", FakeCuda(major, bf16_ok))
-    monkeypatch.setattr(torch.version, "cuda", "12.4")
-    config = load_config(
-        str(
-            write_yaml(
-                tmp_path / "cfg.yml", config_for(tiny_model, toy_data, tmp_path / "o", bf16=True, tf32=True)
-            )
-        )
-    ).config
-    found = {p.path: p.message for p in check_precision(config, "cuda")}
+    gpu = Machine(
+        accelerator="cuda",
+        cuda_gpus=1,
+        capability=(major, 0),
+        bf16=bf16_ok,
+        tf32=major >= 8,
+        gpu_name="Tesla V100" if major < 8 else "A100",
+    )
+    cpu = Machine(accelerator=None)
+    path = write_yaml(
+        tmp_path / "cfg.yml", config_for(tiny_model, toy_data, tmp_path / "o", bf16=True, tf32=True)
+    )
+    config = load_config(str(path), skip_machine_checks=True).config
+    if bf16_ok:  # validate itself asks the described machine
+        assert load_config(str(path), machine=gpu).skipped == []
+    found = {p.path: p.message for p in check_precision(config, gpu)}
     if bf16_ok:
         assert found == {}
     else:
@@ -262,8 +245,9 @@ def test_precision_rules_on_cuda(
         assert "Tesla V100 (compute capability 7.0)" in found[("bf16",)]
         assert "compute capability 8.0+" in found[("tf32",)]
     fp16 = config.model_copy(update={"bf16": False, "tf32": False, "fp16": True})
-    assert check_precision(fp16, "cuda") == []
-    assert [p.path for p in check_precision(fp16, None)] == [("fp16",)]
+    assert check_precision(fp16, gpu) == []
+    assert [p.path for p in check_precision(fp16, cpu)] == [("fp16",)]
+    assert all(p.machine for p in check_precision(fp16, cpu))
     galore8 = config.model_copy(update={"optimizer": "galore_adamw_8bit"})
-    assert check_optimizer_device(galore8, "cuda") == []
-    assert [p.path for p in check_optimizer_device(galore8, None)] == [("optimizer",)]
+    assert check_optimizer_device(galore8, gpu) == []
+    assert [p.path for p in check_optimizer_device(galore8, cpu)] == [("optimizer",)]

@@ -1,8 +1,10 @@
 """`python -m trainer.cli.validate` checks a config without importing torch, transformers or trl —
 even with every kind of plugin chosen (each chosen plugin is imported) — except when the config has
-`trainer_args`, which are checked against trl.SFTConfig (the documented exception). Kernel plugins are
-not chosen here: `liger` looks for a CUDA GPU with torch once its package is installed; that its
-refusal without the package stays torch-free is checked in test_kernels.py."""
+`trainer_args`, which are checked against trl.SFTConfig (the documented exception), or a machine
+check needs torch's answer (fp16, tf32; the GPU count for several processes where a GPU driver is
+present, hidden here with CUDA_VISIBLE_DEVICES="" so that the test means the same on any machine).
+Kernel plugins are not chosen here: `liger` looks for a CUDA GPU with torch once its package is
+installed; that its refusal without the package stays torch-free is checked in test_kernels.py."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def test_validate_imports_no_torch_unless_trainer_args(
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(plain), str(with_args)],
         cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,
         text=True,
         timeout=300,

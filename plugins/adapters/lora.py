@@ -134,8 +134,6 @@ class Lora(Adapter[LoraOptionsT]):
     Options = LoraOptions
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
-        import importlib.util
-
         opts = self.options
         problems: list[str | tuple[str, str]] = []
         if isinstance(opts.target_modules, str) and _is_regex(opts.target_modules):
@@ -164,15 +162,18 @@ class Lora(Adapter[LoraOptionsT]):
             problems.append(("init", f"{opts.init} needs full-precision base weights, not load_in_8bit"))
         if opts.init in MUTATING_INITS and opts.use_dora:
             problems.append(("init", f"{opts.init} cannot be converted back to a plain LoRA with use_dora"))
-        if opts.load_in_8bit and importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(
-                ("load_in_8bit", "needs the 'bitsandbytes' package: pip install 'trainer[qlora]'")
-            )
         if opts.loraplus_lr_ratio is not None and opts.loraplus_lr_ratio < 1:
             problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
         if not any(isinstance(p, tuple) and p[0] == "target_modules" for p in problems):
             problems += unmatched_targets(opts.target_modules, config.base_model)
         return problems
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        import importlib.util
+
+        if getattr(self.options, "load_in_8bit", False) and importlib.util.find_spec("bitsandbytes") is None:
+            return [("load_in_8bit", "needs the 'bitsandbytes' package: pip install 'trainer[qlora]'")]
+        return []
 
     def contribute(self, config: TrainConfig) -> Contribution:
         from peft import LoraConfig

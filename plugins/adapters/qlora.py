@@ -7,7 +7,7 @@ adapter:
   r: 16                 # ... and every other `lora` option
   quant_type: nf4       # or fp4
   double_quant: true    # quantize the quantization constants too (~0.4 bit/param less)
-  compute_dtype: null   # null: bfloat16 with bf16, float16 with fp16, else float32
+  compute_dtype: null   # null: bfloat16 with bf16 (as bf16: auto decides), float16 with fp16, else float32
   quant_storage: null   # the packed weights' dtype; null: uint8, or the compute dtype under fsdp
 
 8-bit loading is not this adapter's business: it is `lora`'s `load_in_8bit`.
@@ -59,10 +59,11 @@ def _under_fsdp(config: TrainConfig) -> bool:
 
 
 def resolved_compute_dtype(options: QLoraOptions, config: TrainConfig) -> ComputeDtype:
-    """The compute dtype of a run: the option when set, else the one the config trains in."""
+    """The compute dtype of a run: the option when set, else the one the config trains in (a run
+    sees `bf16: auto` decided; before, at validate time, it counts as bf16, as on a GPU)."""
     if options.compute_dtype is not None:
         return options.compute_dtype
-    if config.bf16:
+    if config.bf16 is True or config.bf16 == "auto":
         return "bfloat16"
     if config.fp16:
         return "float16"
@@ -86,15 +87,31 @@ class QLora(Lora[QLoraOptions]):
         if init in ("pissa", "olora"):  # they rewrite the base weights, which stay 4-bit and frozen here
             problems.append(("init", f"{init} needs full-precision base weights; use adapter type lora"))
         dtype = opts.compute_dtype
-        trains_in = "bfloat16" if config.bf16 else "float16" if config.fp16 else "float32"
-        if dtype is not None and dtype not in ("float32", trains_in):
+        trains_in = "bfloat16" if config.bf16 is True else "float16" if config.fp16 else "float32"
+        if config.bf16 == "auto" and dtype not in (None, "float32"):
+            problems.append(
+                (
+                    "compute_dtype",
+                    f"'{dtype}' is fixed, but bf16: auto decides the precision on the machine that trains "
+                    "(bf16 on a GPU that has it, else fp32): leave compute_dtype unset to follow it",
+                )
+            )
+        elif dtype is not None and dtype not in ("float32", trains_in):
             need = {"bfloat16": "bf16: true", "float16": "fp16: true"}[dtype]
             now = {"bfloat16": "bf16", "float16": "fp16", "float32": "neither bf16 nor fp16"}[trains_in]
             problems.append(
                 ("compute_dtype", f"'{dtype}' needs {need}, but the config sets {now} (or leave it unset)")
             )
         storage = resolved_quant_storage(opts, config)
-        if _under_fsdp(config) and storage != resolved_compute_dtype(opts, config):
+        if _under_fsdp(config) and config.bf16 == "auto" and opts.quant_storage is not None:
+            problems.append(
+                (
+                    "quant_storage",
+                    "FSDP shards weights of one dtype, which bf16: auto decides on the machine that trains: "
+                    "leave quant_storage unset to follow it",
+                )
+            )
+        elif _under_fsdp(config) and storage != resolved_compute_dtype(opts, config):
             problems.append(
                 (
                     "quant_storage",

@@ -2,7 +2,8 @@
 flash_attention_2, flash_attention_3.
 
 Each says how packed examples are kept apart (`packed_inputs`, see trainer.data.collate) and,
-at validate time, why it cannot run on this machine.
+at validate time, why it cannot run on this machine (`check_machine`: the GPU, the kernel's package)
+or under this config (`check`: 16-bit precision).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def _cuda_problem(kernel: str, min_capability: tuple[int, int], gpus: str) -> st
 
 
 def _half_precision_problem(kernel: str, config: TrainConfig) -> str | None:
-    if not (config.bf16 or config.fp16):
-        return f"{kernel} runs in 16-bit only: set bf16: true (or fp16: true)"
+    # bf16: auto is on wherever these kernels run (an Ampere or newer GPU computes in bf16)
+    if config.bf16 is False and not config.fp16:
+        return f"{kernel} runs in 16-bit only: set bf16: true or auto (or fp16: true)"
     return None
 
 
@@ -70,7 +72,7 @@ class FlexAttention(_Kernel):
     name = implementation = "flex_attention"
     packed_inputs = "position_ids"
 
-    def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
             return ["flex_attention is unavailable: this PyTorch has no FlexAttention (needs torch >= 2.5)"]
         import torch
@@ -93,15 +95,17 @@ class FlashAttention2(_Kernel):
     packed_inputs = "position_ids"
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problem = _half_precision_problem(self.name, config)
+        return [problem] if problem else []
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if importlib.util.find_spec("flash_attn") is None:
             return [
                 "flash_attention_2 is unavailable: the 'flash_attn' package is not installed "
                 "(it has no prebuilt wheel for this platform; install 'trainer[flash-attn]' on a "
                 "CUDA machine, or use attention: sdpa)"
             ]
-        problem = _cuda_problem(self.name, (8, 0), "NVIDIA Ampere or newer") or _half_precision_problem(
-            self.name, config
-        )
+        problem = _cuda_problem(self.name, (8, 0), "NVIDIA Ampere or newer")
         return [problem] if problem else []
 
 
@@ -113,13 +117,15 @@ class FlashAttention3(_Kernel):
     packed_inputs = "position_ids"
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problem = _half_precision_problem(self.name, config)
+        return [problem] if problem else []
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if importlib.util.find_spec("flash_attn_interface") is None:
             return [
                 "flash_attention_3 is unavailable: the 'flash_attn_interface' module is not installed "
                 "(it has no PyPI wheel: build flash-attention's hopper/ directory on a Hopper GPU "
                 "machine), or use attention: flash_attention_2 / sdpa"
             ]
-        problem = _cuda_problem(self.name, (9, 0), "NVIDIA Hopper") or _half_precision_problem(
-            self.name, config
-        )
+        problem = _cuda_problem(self.name, (9, 0), "NVIDIA Hopper")
         return [problem] if problem else []

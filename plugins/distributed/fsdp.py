@@ -76,10 +76,8 @@ class Fsdp(Launched[FsdpOptions]):
             )
         return problems
 
-    def check_machine(self, config: TrainConfig) -> list[tuple[str, str]]:
-        if has_cuda():
-            return []
-        problems = []
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems: list[str | tuple[str, str]] = []
         if self.options.version == 1 and adapter_name(config) not in (None, "full"):
             problems.append(
                 (
@@ -104,6 +102,8 @@ class Fsdp(Launched[FsdpOptions]):
                     "(and PyTorch's offload pins memory, which needs one): set cpu_offload: false",
                 )
             )
+        if problems and has_cuda():  # torch is asked only when an option needs a GPU
+            return []
         return problems
 
     def sharding(self) -> Sharding:

@@ -20,9 +20,10 @@ head that never builds the full logits, refuses Liger's `fused_linear_cross_entr
 that forward) and turns it off. Liger's `cross_entropy` replaces `torch.nn.functional.cross_entropy`
 for the whole process, which that loss does not use.
 
-Liger's kernels are Triton GPU kernels: `check()` says so at validate time on a machine without a
-CUDA GPU, when the `liger_kernel` package is missing, and when a local model's `model_type` has no
-Liger patch.
+Liger's kernels are Triton GPU kernels: `check_machine()` says so at validate time on a machine
+without a CUDA GPU, and `missing_requirements()` when the `liger_kernel` package is missing (machine
+checks: `validate --skip-machine-checks` prints them as notes); `check()` refuses options that exclude
+each other and, where the package is installed, a local model whose `model_type` has no Liger patch.
 """
 
 from __future__ import annotations
@@ -98,30 +99,32 @@ class Liger(Kernel[LigerOptions]):
                     "LM head, which never builds the full logits either (set it false)",
                 )
             )
+        patched = _patched_model_types(config)
+        model_type = local_model_type(config.base_model)
+        if isinstance(patched, dict) and model_type not in patched:
+            known = ", ".join(sorted(patched))
+            problems.append(
+                f"liger has no kernels for model_type '{model_type}' ({config.base_model}); "
+                f"it patches: {known}"
+            )
+        return problems
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
         if importlib.util.find_spec("liger_kernel") is None:
-            return problems  # missing_requirements() reports it; torch stays unimported
+            return []  # missing_requirements() reports it; torch stays unimported
         import torch
 
+        problems: list[str | tuple[str, str]] = []
         if not torch.cuda.is_available():
             problems.append(
                 "liger needs a CUDA GPU; none is visible (Liger's kernels are Triton GPU kernels: "
                 "remove liger from kernels on this machine)"
             )
-        model_type = local_model_type(config.base_model)
-        if model_type is not None:
-            try:
-                from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-            except Exception as err:  # e.g. a transformers version it refuses
-                problems.append(
-                    f"liger is unavailable: importing liger_kernel failed: {type(err).__name__}: {err}"
-                )
-            else:
-                if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-                    known = ", ".join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))
-                    problems.append(
-                        f"liger has no kernels for model_type '{model_type}' ({config.base_model}); "
-                        f"it patches: {known}"
-                    )
+        patched = _patched_model_types(config)
+        if isinstance(patched, Exception):  # e.g. a transformers version it refuses
+            problems.append(
+                f"liger is unavailable: importing liger_kernel failed: {type(patched).__name__}: {patched}"
+            )
         return problems
 
     def contribute(self, config: TrainConfig) -> Contribution:
@@ -135,6 +138,19 @@ def liger_kernel_config(options: LigerOptions) -> dict[str, bool]:
     """The keyword arguments for Liger's `_apply_liger_kernel_to_instance`: the loss switches always, the
     layer kernels only where set (unset keeps Liger's per-model default)."""
     return {name: value for name, value in options.model_dump().items() if value is not None}
+
+
+def _patched_model_types(config: TrainConfig) -> dict[str, object] | Exception | None:
+    """Liger's table of the model types it patches, read where there is a question for it (the
+    package is installed and the base model is local), or the error importing it raised; None when
+    there is no question."""
+    if importlib.util.find_spec("liger_kernel") is None or local_model_type(config.base_model) is None:
+        return None
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except Exception as err:
+        return err
+    return dict(MODEL_TYPE_TO_APPLY_LIGER_FN)
 
 
 def local_model_type(base_model: str) -> str | None:

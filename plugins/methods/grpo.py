@@ -167,14 +167,6 @@ class Grpo(Method[GrpoOptions]):
                     f"multiple of {eval_g}",
                 )
             )
-        if opts.use_vllm and importlib.util.find_spec("vllm") is None:
-            problems.append(
-                (
-                    "use_vllm",
-                    "needs the 'vllm' package (a CUDA machine; pip install vllm): without it, leave "
-                    "use_vllm out and transformers' generate samples the completions",
-                )
-            )
         if opts.vllm_mode != "colocate" and not opts.use_vllm:
             problems.append(("vllm_mode", "only used with use_vllm: true"))
         if opts.loss_type == "luspo" and config.trainer_args.get("importance_sampling_level") != "sequence":
@@ -194,6 +186,17 @@ class Grpo(Method[GrpoOptions]):
                 )
             )
         return problems
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        if self.options.use_vllm and importlib.util.find_spec("vllm") is None:
+            return [
+                (
+                    "use_vllm",
+                    "needs the 'vllm' package (a CUDA machine; pip install vllm): without it, leave "
+                    "use_vllm out and transformers' generate samples the completions",
+                )
+            ]
+        return []
 
     def trainer_args(self, config: TrainConfig) -> dict[str, Any]:
         opts = self.options

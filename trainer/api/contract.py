@@ -83,7 +83,8 @@ class Plugin(Generic[OptionsT]):
         self.options = options if options is not None else self.Options()  # type: ignore[assignment]
 
     def missing_requirements(self) -> list[str]:
-        """One line per missing optional dependency, naming the extra to install."""
+        """One line per missing optional dependency, naming the extra to install. A machine check
+        (what is installed here), like `check_machine()`."""
         return [
             f"needs the '{module}' package: pip install 'trainer[{extra}]'"
             for module, extra in self.requires.items()
@@ -91,8 +92,19 @@ class Plugin(Generic[OptionsT]):
         ]
 
     def check(self, config: TrainConfig) -> list[str | tuple[str, str]]:
-        """Problems with running this plugin under `config`, found at validate time: a message, or
-        (option name, message) to point at one of the plugin's options."""
+        """Problems with the config itself for this plugin — wrong wherever it runs — found at
+        validate time and when a run starts: a message, or (option name, message) to point at one
+        of the plugin's options. What depends on the machine goes in `check_machine()`."""
+        return []
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        """Problems of running this plugin under `config` on this machine: its hardware (no CUDA GPU,
+        a compute capability too old) or what is installed on it (a GPU-only package missing).
+        Called after `check()`, at validate time and when the run starts; `validate
+        --skip-machine-checks` prints these as notes instead of errors, for a config written on one
+        machine to train on another. Same form as `check()`; torch may be imported here (only when
+        the answer needs it, so that a config that asks nothing of the hardware validates without
+        torch)."""
         return []
 
     def contribute(self, config: TrainConfig) -> Contribution:
@@ -343,11 +355,6 @@ class Distributed(Plugin[OptionsT]):
         """torchrun arguments that start the processes (used when not already launched)."""
         return []
 
-    def check_machine(self, config: TrainConfig) -> list[tuple[str, str]]:
-        """Problems that depend on this machine (torch may be imported), found when the run starts:
-        (option name, message) pairs."""
-        return []
-
     def init_processes(self) -> None:
         """Called in every process of a launched run once its process group is up, before the model
         loads (DeepSpeed sets up its own communication here, which ZeRO-3 needs to load sharded)."""
@@ -362,7 +369,7 @@ class Kernel(Plugin[OptionsT]):
 
     A kernel plugin contributes the switches that make transformers (or TRL) apply its kernels to
     the loaded model, e.g. `sft_args={"use_liger_kernel": True, ...}`; it does not patch anything
-    at import time or in `contribute()`. Kernels are usually GPU-only: say so from `check()`.
+    at import time or in `contribute()`. Kernels are usually GPU-only: say so from `check_machine()`.
     """
 
 

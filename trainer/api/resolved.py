@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from trainer.api.contract import Adapter, Attention, Callback, Distributed, Formatter, Kernel, Method, Plugin
-from trainer.config.errors import Path
+from trainer.config.errors import Path, Problem
 from trainer.config.kinds import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, PLUGIN_KINDS
 from trainer.config.schema import TrainConfig
 from trainer.config.yaml_lines import SourceMap
@@ -44,6 +44,9 @@ class Resolved:
     chosen: dict[str, Any] = field(default_factory=dict)
     formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
     test_formatters: list[Chosen[Formatter[Any]]] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+    """This machine's problems with the config, set aside by `validate --skip-machine-checks` (each a
+    `Problem.machine` with its file:line); empty otherwise."""
 
     @property
     def method(self) -> Chosen[Method[Any]]:

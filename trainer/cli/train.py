@@ -17,6 +17,11 @@ from trainer.training.stops import RunStopped
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = config_parser("python -m trainer.cli.train", __doc__.splitlines()[0])
+    if "--skip-machine-checks" in argv:
+        parser.error(
+            "--skip-machine-checks is validate's: a run trains on this machine, so its machine checks "
+            "must pass here"
+        )
     args = parser.parse_args(argv)
     resolved = load_config(args.config, args.overrides)
 

@@ -1,15 +1,22 @@
-"""`python -m trainer.cli.validate cfg.yml [overrides]`: every config problem at once, or a summary.
+"""`python -m trainer.cli.validate [--skip-machine-checks] cfg.yml [overrides]`: every config problem at
+once, or a summary.
 
-Loads no model and no dataset; imports torch only when the config has `trainer_args`.
+Loads no model and no dataset; imports torch only when the config has `trainer_args` or a machine
+check needs it (fp16, tf32, a CUDA-only optimizer, a GPU kernel; bf16 or several processes on a
+machine with a GPU driver). `--skip-machine-checks` checks the config alone: what this machine lacks
+(a GPU, a GPU package) is printed as notes after the plan instead of failing, for a config written
+on one machine to train on another.
 """
 
 from __future__ import annotations
 
 from trainer.api.resolved import Resolved
 from trainer.cli.common import config_parser, run
-from trainer.config.errors import dotted
+from trainer.config.errors import ConfigErrors, dotted
 from trainer.resolve.memory import Unavailable, estimate
 from trainer.resolve.validate import load_config
+
+SKIP_FLAG = "--skip-machine-checks"
 
 
 def summary(resolved: Resolved) -> list[str]:
@@ -52,9 +59,30 @@ def summary(resolved: Resolved) -> list[str]:
             f" = {per_step} rows per step",
         )
     )
+    auto = [key for key in ("bf16", "tf32") if getattr(c, key) == "auto"]
+    if auto:
+        lines.append(
+            row(
+                "precision",
+                ", ".join(f"{key}: auto" for key in auto)
+                + " (decided when the run starts, on the machine that trains: on where its GPU has it)",
+            )
+        )
     lines.append(row("output_dir", c.output_dir))
     lines.extend(memory_lines(resolved))
     return lines
+
+
+def skipped_lines(resolved: Resolved) -> list[str]:
+    """The machine checks that failed here and were set aside by --skip-machine-checks, one a line."""
+    if not resolved.skipped:
+        return ["skipped on this machine: nothing (every machine check passes here too)"]
+    count = len(resolved.skipped)
+    return [
+        f"skipped on this machine ({count} machine check{'s' if count != 1 else ''} failing here, "
+        "about its GPU or installed packages; train checks them where it runs):",
+        *(f"  {problem.render()}" for problem in resolved.skipped),
+    ]
 
 
 def memory_lines(resolved: Resolved) -> list[str]:
@@ -70,9 +98,27 @@ def memory_lines(resolved: Resolved) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = config_parser("python -m trainer.cli.validate", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    resolved = load_config(args.config, args.overrides)
+    parser.add_argument(
+        SKIP_FLAG,
+        action="store_true",
+        help="check the config alone: what this machine lacks (a GPU, a GPU package) is printed as notes "
+        "instead of errors",
+    )
+    args = parser.parse_intermixed_args(argv)
+    try:
+        resolved = load_config(args.config, args.overrides, skip_machine_checks=args.skip_machine_checks)
+    except ConfigErrors as err:
+        machine = sum(problem.machine for problem in err.problems)
+        if machine:
+            which = "are machine checks" if machine != 1 else "is a machine check"
+            err.header.append(
+                f"({machine} of the errors below {which}: this machine's GPU or installed packages, not the "
+                f"config; {SKIP_FLAG} checks the config alone)"
+            )
+        raise
     print("\n".join(summary(resolved)))
+    if args.skip_machine_checks:
+        print("\n".join(skipped_lines(resolved)))
     return 0
 
 

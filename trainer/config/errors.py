@@ -34,11 +34,16 @@ def printable(text: str) -> str:
 
 @dataclass
 class Problem:
-    """One config problem at a dotted path; `where` is 'file.yml:LINE' or an override."""
+    """One config problem at a dotted path; `where` is 'file.yml:LINE' or an override.
+
+    `machine`: the problem is this machine's, not the config's: its hardware (no GPU, an older GPU) or
+    what is installed on it (a GPU package missing). The same file may be fine where it trains, so
+    `validate --skip-machine-checks` prints these as notes instead of errors."""
 
     path: Path
     message: str
     where: str = ""
+    machine: bool = False
 
     def render(self) -> str:
         prefix = f"{self.where}  " if self.where else ""
@@ -50,6 +55,9 @@ class ConfigErrors(Exception):
     """Every problem found in one config, reported together."""
 
     problems: list[Problem] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    """Lines printed before the count, about the problems as a whole (the file looks like another
+    tool's config; some are this machine's): the count line and one line per problem follow."""
 
     def __str__(self) -> str:
         return self.render()
@@ -57,4 +65,4 @@ class ConfigErrors(Exception):
     def render(self) -> str:
         count = len(self.problems)
         head = f"{count} config error{'s' if count != 1 else ''}:"
-        return "\n".join([head, *(f"  {p.render()}" for p in self.problems)])
+        return "\n".join([*self.header, head, *(f"  {p.render()}" for p in self.problems)])

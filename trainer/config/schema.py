@@ -165,9 +165,17 @@ class TrainConfig(Strict):
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     seed: int = Field(42, ge=0, lt=2**32, description="Seed for shuffling, packing and initialization")
     # precision and memory
-    bf16: bool = False
-    fp16: bool = False
-    tf32: bool = False
+    bf16: bool | Literal["auto"] = Field(
+        False,
+        description="bfloat16 mixed precision; auto: on where the machine that trains has a GPU with bf16 "
+        "(decided when the run starts, recorded in config.resolved.yml), else fp32",
+    )
+    fp16: bool = Field(False, description="float16 mixed precision (needs a GPU); not with bf16")
+    tf32: bool | Literal["auto"] = Field(
+        False,
+        description="TF32 matmuls on NVIDIA Ampere or newer; auto: on where the GPU that trains has them, "
+        "else off (decided when the run starts)",
+    )
     gradient_checkpointing: bool = False
     neftune_noise_alpha: float | None = Field(
         None, gt=0, description="NEFTune: uniform noise of this scale on the input embeddings in training"

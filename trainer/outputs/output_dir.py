@@ -48,12 +48,22 @@ def clear_previous_run(output_dir: str) -> None:
         shutil.rmtree(output_dir)
 
 
-def write_resolved(output_dir: str, resolved: dict[str, Any]) -> str:
+def write_resolved(output_dir: str, resolved: dict[str, Any], comments: dict[str, str] | None = None) -> str:
+    """Write config.resolved.yml; `comments` (top-level key -> text) end those keys' lines, e.g.
+    `bf16: false  # auto -> off (no GPU with bf16): training in fp32 (the config says bf16: auto)`."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RESOLVED_NAME)
     header = "# Every key of the run, defaults included. Re-run with: python -m trainer.cli.train THIS_FILE\n"
+    text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+    if comments:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            key = line.split(":", 1)[0]
+            if key in comments and not line.startswith((" ", "-")) and "\n" not in comments[key]:
+                lines[i] = f"{line}  # {comments[key]}"
+        text = "\n".join(lines) + "\n"
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         handle.write(header)
-        yaml.safe_dump(resolved, handle, sort_keys=False, allow_unicode=True)
+        handle.write(text)
     os.replace(path + ".tmp", path)
     return path

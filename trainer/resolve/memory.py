@@ -155,7 +155,10 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
     added = [t for t in trainable if t.added]
     stored = training.base_weight_bytes + sum(numel(t.shape) * t.bytes_per_value for t in added)
     weights = stored
-    mixed = (c.bf16 or c.fp16) and shapes.dtype_bytes == 4
+    half = c.bf16 is True or c.bf16 == "auto" or c.fp16  # auto: as on a GPU with bf16 (the one that trains)
+    if c.bf16 == "auto":
+        notes.append("bf16: auto counted as bf16 (a GPU that has it; fp32 elsewhere)")
+    mixed = half and shapes.dtype_bytes == 4
     optimizer_row = OPTIMIZERS[c.optimizer]
     n_train = sum(numel(t.shape) for t in trainable)
     sharding = resolved.distributed.plugin.sharding()
@@ -220,7 +223,7 @@ def estimate(resolved: Any, shapes: ModelShapes | None = None) -> Estimate:
         weights = 0.0
         notes.append("weights in CPU RAM, gathered a layer at a time (not counted)")
 
-    act_bytes = 2 if (c.bf16 or c.fp16 or shapes.dtype_bytes == 2) else 4
+    act_bytes = 2 if (half or shapes.dtype_bytes == 2) else 4
     activations = activation_bytes(
         shapes.config, c.sequence_len, c.micro_batch_size, act_bytes, c.gradient_checkpointing,
         scores=resolved.attention.plugin.keeps_scores,

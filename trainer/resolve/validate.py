@@ -1,8 +1,11 @@
 """Turn a YAML file (+ overrides) into a `Resolved` run description, or every problem at once.
 
 Order: YAML with lines -> overrides -> core keys (TrainConfig) -> each plugin block against its
-plugin's Options -> trainer_args against SFTConfig -> cross-key rules -> each plugin's own checks.
-Nothing here loads a model or a dataset, and torch is imported only when `trainer_args` is used.
+plugin's Options -> trainer_args against SFTConfig -> cross-key rules -> each plugin's own checks ->
+the machine checks (`Problem.machine`: this machine's hardware and installed packages, which
+`skip_machine_checks` sets aside as `Resolved.skipped`). Nothing here loads a model or a dataset, and
+torch is imported only when `trainer_args` is used or a machine check needs it (trainer.resolve.precision).
+A file that fails and looks like an Axolotl config gets the command that converts it first.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.api import Plugin
+from trainer.api import Distributed, Plugin
 from trainer.api.resolved import Chosen, Resolved
+from trainer.config.axolotl_signs import convert_hint
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
 from trainer.config.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from trainer.config.overrides import apply_overrides
@@ -33,6 +37,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
+from trainer.resolve.precision import Machine, check_processes, check_start
 from trainer.resolve.registry import PluginError, Registry, default_registry
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
@@ -75,8 +80,17 @@ def _missing_optimizer_packages(name: str) -> list[str]:
     return missing
 
 
-def load_config(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Resolved:
-    """Validate a config file; raises ConfigErrors listing every problem found."""
+def load_config(
+    path: str,
+    overrides: list[str] | None = None,
+    registry: Registry | None = None,
+    *,
+    skip_machine_checks: bool = False,
+    machine: Machine | None = None,
+) -> Resolved:
+    """Validate a config file; raises ConfigErrors listing every problem found. With
+    `skip_machine_checks` the problems of this machine (not of the config) are not errors: they are
+    returned in `Resolved.skipped`. `machine` describes the machine (default: this one, probed)."""
     registry = registry or default_registry()
     try:
         data, source = load_yaml(path)
@@ -87,13 +101,24 @@ def load_config(path: str, overrides: list[str] | None = None, registry: Registr
         raise ConfigErrors([Problem((), f"cannot read config: {err.strerror}", path)]) from None
     except ValueError as err:  # a path open() refuses, e.g. with a NUL character
         raise ConfigErrors([Problem((), f"cannot read config: {err}", repr(path))]) from None
-    return resolve(data, source, overrides or [], registry)
+    return resolve(
+        data, source, overrides or [], registry, skip_machine_checks=skip_machine_checks, machine=machine
+    )
 
 
-def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Registry) -> Resolved:
+def resolve(
+    data: Any,
+    source: SourceMap,
+    overrides: list[str],
+    registry: Registry,
+    *,
+    skip_machine_checks: bool = False,
+    machine: Machine | None = None,
+) -> Resolved:
     """Validate already-parsed YAML data (see load_config)."""
     if not isinstance(data, dict):
         raise ConfigErrors([Problem((), "the config must be a mapping of keys", source.file)])
+    hint = convert_hint(data, TrainConfig.model_fields, source.file)  # the file as written
     problems, source.overrides = apply_overrides(data, overrides)
     bad_keys, bad_numbers = _key_problems(data, source), _number_problems(data)
     problems += bad_keys + bad_numbers
@@ -121,28 +146,83 @@ def resolve(data: Any, source: SourceMap, overrides: list[str], registry: Regist
         problems += _reward_checks(chosen, registry)
         problems += _metric_checks(chosen, registry)
         problems += _eval_checks(chosen)
-        for item in chosen.values():
-            items = item if isinstance(item, list) else [item]
-            for one in filter(None, items):
-                for found in [*one.plugin.missing_requirements(), *one.plugin.check(config)]:
-                    if isinstance(found, tuple):
-                        problems.append(Problem((*one.path, found[0]), found[1]))
-                    else:
-                        problems.append(Problem(one.path, found))
+        every = _every_chosen(chosen)
+        for one in every:
+            problems += [_plugin_problem(one.path, found) for found in one.plugin.check(config)]
+        distributed = chosen.get("distributed")
+        problems += machine_problems(config, every, distributed.plugin if distributed else None, machine)
     problems += [p for p in core if not _said_better(p, problems)]
     # one message for a nan or inf: "must be a finite number", not also "should be greater than 0"
     numbers = {p.path for p in bad_numbers}
     problems = [p for p in problems if p.path not in numbers or any(p is q for q in bad_numbers)]
-    for problem in problems:
+    # one message per key: where the config itself is wrong, not also what this machine lacks for it
+    wrong_keys = {p.path for p in problems if not p.machine}
+    problems = [p for p in problems if not (p.machine and p.path in wrong_keys)]
+    skipped = [p for p in problems if p.machine] if skip_machine_checks else []
+    problems = [p for p in problems if not any(p is q for q in skipped)]
+    for problem in [*problems, *skipped]:
         problem.where = problem.where or source.where(problem.path)
+    skipped.sort(key=lambda p: _line_of(p))
     if problems:
         problems.sort(key=lambda p: _line_of(p))
-        raise ConfigErrors(problems)
+        raise ConfigErrors(problems, header=[hint] if hint else [])
     assert config is not None
     formatters, test_formatters = chosen.pop("formatters"), chosen.pop("test_formatters")
     return Resolved(
-        config=config, source=source, chosen=chosen, formatters=formatters, test_formatters=test_formatters
+        config=config,
+        source=source,
+        chosen=chosen,
+        formatters=formatters,
+        test_formatters=test_formatters,
+        skipped=skipped,
     )
+
+
+def _every_chosen(chosen: dict[str, Any]) -> list[Chosen[Any]]:
+    """Every plugin that resolved, in the order of `chosen` (lists flattened)."""
+    out: list[Chosen[Any]] = []
+    for item in chosen.values():
+        out += [one for one in (item if isinstance(item, list) else [item]) if one is not None]
+    return out
+
+
+def _plugin_problem(path: Path, found: str | tuple[str, str], machine: bool = False) -> Problem:
+    """A plugin's problem (a message, or (option, message)) at its block's path."""
+    if isinstance(found, tuple):
+        return Problem((*path, found[0]), found[1], machine=machine)
+    return Problem(path, found, machine=machine)
+
+
+def machine_problems(
+    config: TrainConfig,
+    plugins: list[Chosen[Any]],
+    distributed: Distributed[Any] | None,
+    machine: Machine | None = None,
+) -> list[Problem]:
+    """What this machine lacks for `config` (each a `Problem.machine`): precision flags and
+    optimizers its hardware cannot run, packages the optimizer or a plugin needs, more processes
+    than GPUs, and every plugin's `check_machine()`. The same list at validate time and when a run
+    starts (trainer.runtime.run.check_machine)."""
+    machine = machine or Machine()
+    problems = check_start(config, machine)
+    problems += [
+        Problem(("optimizer",), message, machine=True)
+        for message in _missing_optimizer_packages(config.optimizer)
+    ]
+    if distributed is not None:
+        problems += check_processes(processes_per_node(distributed), machine)
+    for one in plugins:
+        for found in [*one.plugin.missing_requirements(), *one.plugin.check_machine(config)]:
+            problems.append(_plugin_problem(one.path, found, machine=True))
+    return problems
+
+
+def processes_per_node(distributed: Distributed[Any]) -> int:
+    """Processes on this machine: the launcher's (LOCAL_WORLD_SIZE under torchrun or accelerate
+    launch, which set WORLD_SIZE), else the ones the backend starts."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return distributed.processes_per_node()
 
 
 def _said_better(core: Problem, others: list[Problem]) -> bool:
@@ -233,15 +313,20 @@ def _validate_core(data: dict[str, Any], problems: list[Problem]) -> TrainConfig
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        seen: set[Path] = set()
+        seen: dict[Path, Problem] = {}
         for error in err.errors():
             if _is_key_error(error):
                 continue
             path = _trim_loc(data, error["loc"], error["type"])
             if path in seen:
+                if error["type"] == "literal_error" and len(error["loc"]) > len(path):
+                    # `bool | Literal["auto"]`: the union's other member says which words it takes too
+                    problem = seen[path]
+                    allowed = error.get("ctx", {}).get("expected", "")
+                    problem.message = problem.message.replace(" (got ", f" or {allowed} (got ", 1)
                 continue
-            seen.add(path)
-            problems.append(Problem(path, _message(error, path, TrainConfig)))
+            seen[path] = Problem(path, _message(error, path, TrainConfig))
+            problems.append(seen[path])
         return None
 
 
@@ -469,7 +554,9 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
 
     if c.warmup_ratio is not None and c.warmup_steps is not None:
         bad("warmup_steps", "set warmup_ratio or warmup_steps, not both")
-    if c.bf16 and c.fp16:
+    if c.bf16 == "auto" and c.fp16:
+        bad("fp16", "set bf16: auto or fp16, not both (auto turns bf16 on where the GPU has it)")
+    elif c.bf16 and c.fp16:
         bad("fp16", "set bf16 or fp16, not both")
     if c.eval_strategy != "no" and c.val_set_size == 0 and not c.test_datasets:
         bad("eval_strategy", f"'{c.eval_strategy}' needs held-out data: set val_set_size or test_datasets")
@@ -531,8 +618,6 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("resume", "cannot resume and overwrite output_dir at once")
     elif c.resume not in (None, "auto") and not os.path.isdir(c.resume):
         bad("resume", f"no checkpoint folder '{c.resume}' (use auto for the newest in output_dir)")
-    for message in _missing_optimizer_packages(c.optimizer):
-        bad("optimizer", message)
     low_rank = c.optimizer.startswith(("galore_", "apollo_"))
     if low_rank and "optim_target_modules" not in c.trainer_args:
         adapter = c.plugin("adapter")

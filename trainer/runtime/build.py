@@ -6,6 +6,7 @@ setting one key to different values is a config error naming both.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from trainer.api.resolved import Resolved
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
 from trainer.data.collate import PackedInputs
-from trainer.resolve.precision import accelerator_type
+from trainer.resolve.precision import Machine, accelerator_type, decide_auto
 from trainer.resolve.validate import config_fields, sft_config_fields
 from trainer.runtime.launcher import CHECKED_ENV
 
@@ -381,9 +382,20 @@ class Built:
     batches_per_epoch: int | None = None  # per process, where rows do not map to batches one to one
 
 
+def for_this_machine(resolved: Resolved, machine: Machine | None = None) -> tuple[Resolved, dict[str, str]]:
+    """`bf16: auto` / `tf32: auto` decided on this machine (trainer.resolve.precision.decide_auto): the
+    run with booleans in their place, which is what every plugin and the trainer's arguments read
+    from then on, and what each auto became and why ({} and the run as it is when nothing was auto)."""
+    config, decided = decide_auto(resolved.config, machine)
+    if not decided:
+        return resolved, {}
+    return dataclasses.replace(resolved, config=config), decided
+
+
 def plan(resolved: Resolved) -> tuple[Merged, Any]:
     """Every plugin's contribution merged, and the trainer's config (SFTConfig, DPOConfig, ...):
-    cheap, and fails fast on bad input."""
+    cheap, and fails fast on bad input. An `auto` precision is decided for this machine first."""
+    resolved, _ = for_this_machine(resolved)
     merged = merge(contributions(resolved))
     check_remote_code(resolved.config, merged)
     return merged, sft_config(resolved.config, merged, resolved.method.plugin)
@@ -396,6 +408,7 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
     from trainer.data.pipeline import build_datasets
     from trainer.training.sft import SFTTrainer
 
+    resolved, _ = for_this_machine(resolved)  # decided already when train() planned it
     config = resolved.config
     merged, args = planned or plan(resolved)
     if resolved.method.plugin.data[0] != "sft":

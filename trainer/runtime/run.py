@@ -15,7 +15,7 @@ import tempfile
 from typing import Any
 
 from trainer.api.resolved import Resolved
-from trainer.config.errors import ConfigErrors, Problem
+from trainer.config.errors import ConfigErrors
 from trainer.outputs.checkpoints import newest_complete, resume_point
 from trainer.outputs.output_dir import (
     RESOLVED_NAME,
@@ -23,7 +23,10 @@ from trainer.outputs.output_dir import (
     clear_previous_run,
     write_resolved,
 )
-from trainer.runtime.build import Built, build_trainer, plan
+from trainer.resolve.precision import Machine
+from trainer.resolve.precision import too_many_processes as too_many_processes  # re-exported
+from trainer.resolve.validate import machine_problems
+from trainer.runtime.build import Built, build_trainer, for_this_machine, plan
 from trainer.runtime.launcher import CHECKED_ENV, PREPARED_ENV, REPORT_ENV, describe_failures, read_failures
 from trainer.training import parallel
 from trainer.training.saving import save_final
@@ -35,45 +38,19 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def check_machine(resolved: Resolved) -> None:
-    """Raise ConfigErrors (with file:line) for settings this machine cannot run: bf16/fp16/tf32 and
-    CUDA-only optimizers (see trainer.resolve.precision), more processes than GPUs, and the distributed
-    plugin's own machine checks."""
-    from trainer.resolve.precision import check_start
-
-    chosen = resolved.distributed
-    problems = [*check_start(resolved.config), *check_processes(resolved)]
-    problems += [
-        Problem((*chosen.path, key), message) for key, message in chosen.plugin.check_machine(resolved.config)
-    ]
+def check_machine(resolved: Resolved, machine: Machine | None = None) -> None:
+    """Raise ConfigErrors (with file:line) for settings this machine cannot run, the machine checks
+    `validate` runs too (trainer.resolve.validate.machine_problems): bf16/fp16/tf32 and CUDA-only
+    optimizers, packages the optimizer or a plugin needs, more processes than GPUs, and every
+    plugin's `check_machine()`. Again here, because the launch settings may have come from the
+    environment since, and a config's `auto` precision has been decided."""
+    problems = machine_problems(
+        resolved.config, resolved.plugins(), resolved.distributed.plugin, machine or Machine()
+    )
     for problem in problems:
         problem.where = problem.where or resolved.source.where(problem.path)
     if problems:
         raise ConfigErrors(problems)
-
-
-def check_processes(resolved: Resolved) -> list[Problem]:
-    """One process per GPU at most (a CPU machine runs any number of gloo processes)."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if launched():
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    else:
-        per_node = resolved.distributed.plugin.processes_per_node()
-    reason = too_many_processes(per_node, gpus)
-    return [Problem(("distributed", "num_processes"), reason)] if reason else []
-
-
-def too_many_processes(processes_per_node: int, gpus: int) -> str | None:
-    """Why `processes_per_node` cannot run on a machine with `gpus` GPUs (None when it can: one
-    process per GPU at most; a CPU-only machine runs any number of gloo processes)."""
-    if gpus == 0 or processes_per_node <= gpus:
-        return None
-    return (
-        f"{processes_per_node} processes per node but this machine has {gpus} GPU(s); each process "
-        f"needs a GPU of its own (set num_processes to {gpus} or less)"
-    )
 
 
 def _say(line: str) -> None:
@@ -88,6 +65,7 @@ def relaunch(resolved: Resolved, argv: list[str], log: Any = _say) -> int:
     given = {str(path[1]) for path in resolved.source.overrides if len(path) > 1 and path[0] == "distributed"}
     for note in plugin.apply_environment(os.environ, given):
         log(f"distributed.{note}")
+    resolved, _ = for_this_machine(resolved)  # each process decides (and says) it again
     check_machine(resolved)  # once, here, rather than once per process
     # Fail fast (exit 2) before starting processes, but do not clear output_dir here: the config may
     # be output_dir/config.resolved.yml, which the processes still have to read. The main process
@@ -177,7 +155,9 @@ def wants_relaunch(resolved: Resolved) -> bool:
     return bool(resolved.distributed.plugin.launcher_args()) and not launched()
 
 
-def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
+def _prepare_output_dir(
+    resolved: Resolved, main: bool, barrier: Any, decided: dict[str, str] | None = None
+) -> None:
     config = resolved.config
     if os.environ.get(CHECKED_ENV) != "1":
         check_output_dir(config.output_dir, config.overwrite_output_dir, config.resume)
@@ -185,13 +165,15 @@ def _prepare_output_dir(resolved: Resolved, main: bool, barrier: Any) -> None:
     if main and config.overwrite_output_dir:
         clear_previous_run(config.output_dir)
     if main:
-        write_resolved(config.output_dir, resolved.to_dict())
+        comments = {key: f"{text} (the config says {key}: auto)" for key, text in (decided or {}).items()}
+        write_resolved(config.output_dir, resolved.to_dict(), comments)
     barrier()
 
 
 def train(resolved: Resolved, log: Any = print) -> Built:
     """Run training for a resolved config and save the outputs; returns the built run."""
-    as_written = resolved  # what config.resolved.yml records
+    resolved, decided = for_this_machine(resolved)  # bf16/tf32 auto: what this machine runs
+    as_written = resolved  # what config.resolved.yml records (auto as decided, said in a comment)
     prepared_root = os.environ.get(PREPARED_ENV)
     if launched() and prepared_root and resolved.config.dataset_prepared_path is None:
         resolved = with_prepared_path(resolved, prepared_root)  # the launcher prepared the data
@@ -200,7 +182,10 @@ def train(resolved: Resolved, log: Any = print) -> Built:
     merged, args = plan(resolved)  # fails fast on bad trainer_args or conflicting plugins
     state = args.distributed_state  # initializes the process group under a launcher
     main = state.is_main_process
-    _prepare_output_dir(as_written, main, state.wait_for_everyone)
+    if main:
+        for key, text in decided.items():
+            log(f"{key}: {text}")
+    _prepare_output_dir(as_written, main, state.wait_for_everyone, decided)
     start = resume_point(config, log if main else _quiet)  # a bad `resume` fails before any loading
     if launched():
         resolved.distributed.plugin.init_processes()
