@@ -33,7 +33,10 @@ def test_real_axolotl_configs_open_with_the_convert_command(name: str, command: 
     path = AXOLOTL / name
     done = run_command(command, path, cwd=tmp_path)
     assert done.returncode == 2, done.stdout
-    first, count, *errors = done.stderr.strip().splitlines()
+    first, *rest = done.stderr.strip().splitlines()
+    if rest[0].startswith("("):  # a header counting machine checks (a hub model not cached offline)
+        rest = rest[1:]
+    count, *errors = rest
     stem = path.stem
     assert first.startswith(f"{path} looks like an Axolotl config (Axolotl-only keys: "), done.stderr
     assert first.endswith(

@@ -19,6 +19,7 @@ COMMANDS = {
     "chat": "talk to a trained model in the terminal (streamed answers)",
     "serve": "an OpenAI-compatible HTTP server for a trained model",
     "evaluate": "loss/perplexity, generation metrics and lm-eval tasks of a trained model",
+    "convert": "an Axolotl config as ours: every key carried, dropped with a note, or refused",
     "plugins": "every installed plugin: kind, name, distribution, version, status",
     "schema": "JSON Schema of the config, for editors",
 }

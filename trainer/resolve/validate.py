@@ -804,6 +804,7 @@ def _check_paths(data: dict[str, Any]) -> list[Problem]:
                     path,
                     f"{what} '{name}' is neither a local path nor in the hub cache, and "
                     "HF_HUB_OFFLINE is set",
+                    machine=True,  # what this machine can reach; the machine that trains may download it
                 )
             )
 

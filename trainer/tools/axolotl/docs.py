@@ -1,0 +1,177 @@
+"""docs/axolotl.md, generated from the converter's own tables and the inventory, so the page cannot
+drift from what `trainer convert` does: `python -m trainer.tools.axolotl.docs > docs/axolotl.md`
+(tests/test_convert.py checks the file is current)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.tools.axolotl import convert as rules
+
+HEADER = """# Coming from Axolotl
+
+`python -m trainer.cli.convert AXOLOTL.yml -o OURS.yml` (or `trainer convert`) converts an Axolotl
+config. Every key of the input is accounted for:
+
+- **carried**: renamed or reshaped into our config; the written file names the Axolotl key(s)
+  beside each value;
+- **dropped**, with a note naming the key, its line and what it did in Axolotl: null placeholders,
+  off switches, Axolotl's defaults, keys Axolotl itself ignores (it drops unknown keys silently), and
+  settings that only change speed, memory, logging or the hub;
+- **refused**: a setting that changes what is trained and has no counterpart here. Then the command
+  exits 2, lists each as `FILE:LINE key: what it does in Axolotl, and why it cannot be carried`, and
+  writes nothing.
+
+A converted config is validated (as `validate --skip-machine-checks`: relative paths from the
+current folder) before it is written, and `-o` never overwrites a file. Where Axolotl's defaults
+differ from ours they are written out, so the converted run does what the Axolotl run did.
+`train` and `validate` given an Axolotl file say so in their first error line.
+
+This page is generated from the converter (`python -m trainer.tools.axolotl.docs`); the inventory
+of Axolotl's keys (`trainer/tools/axolotl/keys.yaml`) was read from Axolotl 0.21.0's config schema.
+"""
+
+
+SECTIONS = (
+    ("drop", "Dropped when set (no effect on what trains, or logging/hub/speed/memory)"),
+    ("refuse", "Refused when set to anything but its default (changes what trains; no counterpart)"),
+)
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def carried_rows() -> list[str]:
+    rows = [_row(key, f"`{ours}`", "same meaning") for key, ours in rules.SAME.items()]
+    rows += [
+        _row(key, f"`trainer_args.{ours}`", "a TrainingArguments field")
+        for key, ours in rules.TRAINER_ARGS.items()
+    ]
+    rows += [_row(key, f"`filters.{ours}`", "") for key, ours in rules.FILTERS.items()]
+    rows += [
+        _row(
+            "val_set_size",
+            "`val_set_size`",
+            "a share (< 1) or a row count; Axolotl's 1 (all rows) is refused",
+        ),
+        _row("special_tokens", "`special_tokens` (+ `tokens`)", "additional_special_tokens become tokens"),
+        _row(
+            "adapter, load_in_4bit, load_in_8bit",
+            "`adapter: {type: lora / qlora}`",
+            "4-bit: qlora; 8-bit: lora's load_in_8bit",
+        ),
+        *[_row(key, f"`adapter.{ours}`", "") for key, ours in rules.LORA_KEYS.items()],
+        _row(
+            "lora_target_linear",
+            "`adapter.target_modules: all-linear`",
+            "neither it nor lora_target_modules: refused",
+        ),
+        _row("bnb_config_kwargs", "`adapter.quant_type`, `adapter.double_quant`", "qlora"),
+        _row("unfrozen_parameters", "`adapter: {type: full, unfrozen_parameters}`", "without an adapter"),
+        _row(
+            "attn_implementation",
+            "`attention`",
+            "hub flash-attention kernels: flash_attention_2/3; xformers: sdpa",
+        ),
+        *[_row(key, f"`attention: {ours}`", "") for key, ours in rules.ATTENTION_SWITCHES.items()],
+        *[_row(key, f"`kernels: [{{type: liger, {ours}: ...}}]`", "") for key, ours in rules.LIGER.items()],
+        *[
+            _row(
+                key,
+                "`run_name`" if target == "run_name" else f"environment `{target}`",
+                f"report_to: {report}",
+            )
+            for key, (report, target) in rules.TRACKERS.items()
+        ],
+        _row("use_tensorboard", "`report_to: tensorboard`", ""),
+        _row(
+            "saves_per_epoch", "`save_strategy` + `save_steps`", "1/(n x num_epochs) of the steps, as Axolotl"
+        ),
+        _row("evals_per_epoch", "`eval_strategy` + `eval_steps`", "only with an eval split, as Axolotl"),
+        _row(
+            "deepspeed (a JSON file)",
+            "`distributed: {type: deepspeed, config_file}`",
+            "an inline dict is refused",
+        ),
+        _row(
+            "fsdp, fsdp_config, fsdp_version",
+            "`distributed: {type: fsdp, ...}`",
+            "offload_params, activation_checkpointing, transformer_layer_cls_to_wrap, state_dict_type, "
+            "reshard_after_forward",
+        ),
+        _row(
+            "datasets, test_datasets",
+            "the same lists",
+            "types: "
+            + ", ".join(f"{k} -> {v}" for k, v in rules.DATASET_TYPES.items())
+            + "; no type -> pretokenized",
+        ),
+        _row(
+            ", ".join(rules.GLOBAL_DATASET_KEYS),
+            "each chat_template dataset entry",
+            "Axolotl applies them to every dataset",
+        ),
+        _row(
+            "chat_template names", "`chat_template`", ", ".join(rules.TEMPLATES) + " (others: give the Jinja)"
+        ),
+        _row("resume_from_checkpoint / auto_resume_from_checkpoints", "`resume: PATH` / `resume: auto`", ""),
+        _row("optimizer", "`optimizer`", "when we have it (Axolotl's own optimizers are refused)"),
+        _row(
+            "lr_scheduler (+ cosine_min_lr_ratio)", "`lr_scheduler` (`cosine_with_min_lr` + min_lr_rate)", ""
+        ),
+    ]
+    return rows
+
+
+def inventory_rows(status: str) -> list[str]:
+    keys: dict[str, Any] = rules.inventory()["keys"]
+    rows = []
+    for key in sorted(keys):
+        info = keys[key]
+        if info.get("proposal") == status:
+            rows.append(_row(key, info.get("what", ""), info.get("reason", "")))
+    return rows
+
+
+def render() -> str:
+    parts = [
+        HEADER,
+        "## Carried",
+        "",
+        _row("Axolotl", "ours", "note"),
+        _row("---", "---", "---"),
+        *carried_rows(),
+    ]
+    parts += [
+        "",
+        "## Axolotl's defaults written out (where ours differ)",
+        "",
+        _row("key", "value", "why"),
+        _row("---", "---", "---"),
+    ]
+    parts += [_row(k, v, why) for k, (v, why) in rules.DEFAULTS_THAT_DIFFER.items()]
+    parts += [
+        _row("warmup_ratio", 0.03, "Axolotl warms up 3% of the steps (at most 100) when no warmup is set")
+    ]
+    parts += [_row("pad_to_sequence_len, eval_sample_packing", "true", "with sample_packing, as Axolotl")]
+    parts += [_row("adapter.dropout", 0.0, "Axolotl's default lora_dropout")]
+    for status, title in SECTIONS:
+        parts += [
+            "",
+            f"## {title}",
+            "",
+            _row("key", "what it does in Axolotl", "why"),
+            _row("---", "---", "---"),
+        ]
+        parts += inventory_rows(status)
+    parts += [
+        "",
+        "Keys the inventory marks `carry` but no rule above carries yet are refused with that said;",
+        "any key set to null, false or Axolotl's default is dropped whatever its row says.",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
