@@ -154,3 +154,16 @@ def test_prompt_rows_keep_their_columns_for_the_rewards(tokenizer) -> None:  # t
     )
     assert row.columns() == {"prompt": "Reverse: ab\n", "prompt_ids": row.prompt_ids, "answer": "ba", "n": 2}
     assert text(tokenizer, row.prompt_ids) == "<s>Reverse: ab\n"
+
+
+def test_an_empty_system_field_is_no_system_turn() -> None:
+    """As Axolotl's chatml.* / llama3.* types treat it: a row whose system field is "" renders like a
+    row without one (the formatter's system_prompt, if any, applies)."""
+    from plugins.formatters.preference import PreferenceFormatter, PreferenceOptions
+
+    formatter = PreferenceFormatter(PreferenceOptions())
+    assert formatter._system({"system": ""}) is None
+    assert formatter._system({}) is None
+    assert formatter._system({"system": "Be brief."}) == "Be brief."
+    prompted = PreferenceFormatter(PreferenceOptions(system_prompt="Default."))
+    assert prompted._system({"system": ""}) == "Default."

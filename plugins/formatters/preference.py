@@ -117,7 +117,7 @@ class _Conversations(Formatter[Any]):
         if system is not None and not isinstance(system, str):
             field = self.options.system_field
             raise RowError(f"field '{field}' must be a string, got {type(system).__name__}", field=field)
-        return system if system is not None else self.options.system_prompt
+        return system if system else self.options.system_prompt  # an empty system is no system turn
 
     # ---- rendering ---------------------------------------------------------------------------
 

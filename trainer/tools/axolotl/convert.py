@@ -137,6 +137,49 @@ MEMORY_ONLY_PLUGINS = {
     ),
 }
 
+RL_METHODS = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "simpo": "simpo"}
+"""Axolotl's `rl:` values whose trainer ours runs (ipo is DPO with loss_type ipo)."""
+RL_REFUSED = {
+    "grpo": "GRPO's rewards are Python functions named in trl.reward_funcs (module.function), which "
+    "cannot be imported here: register each as a trainer.rewards entry point and write method: "
+    "{type: grpo, rewards: [...]} by hand",
+    "gdpo": "GDPO (group reward-decoupled GRPO, rewards from Python functions in trl.reward_funcs) has "
+    "no counterpart here",
+    "ebft": "energy-based fine-tuning (EBFT) has no counterpart here",
+}
+BETA_KEYS = ("rl_beta", "dpo_beta", "orpo_alpha")
+"""Axolotl keys that set the TRL config's beta (orpo_alpha only with rl: orpo); trl.beta too."""
+METHOD_OPTIONS = {  # Axolotl key -> (our option, the methods whose Axolotl trainer reads it)
+    "dpo_loss_weights": ("loss_weights", ("dpo",)),
+    "dpo_label_smoothing": ("label_smoothing", ("dpo",)),
+    "precompute_ref_log_probs": ("precompute_ref_log_probs", ("dpo",)),
+    "kto_desirable_weight": ("desirable_weight", ("kto",)),
+    "kto_undesirable_weight": ("undesirable_weight", ("kto",)),
+    "simpo_gamma": ("gamma", ("simpo",)),
+    "cpo_alpha": ("cpo_alpha", ("simpo",)),
+}
+METHOD_DEFAULTS = {"simpo": {"beta": 0.1, "cpo_alpha": 1.0}}
+"""TRL's defaults that Axolotl leaves in place where ours differ (CPOConfig: beta 0.1, cpo_alpha 1.0,
+so Axolotl's simpo is CPO-SimPO unless cpo_alpha: 0)."""
+FLAT_PAIRS = {  # chatml.X / llama3.X DPO functions: the columns they read (prompt, chosen, rejected)
+    "intel": ("question", "chosen", "rejected"),
+    "prompt_pairs": ("prompt", "chosen", "rejected"),
+    "argilla": ("instruction", "chosen_response", "rejected_response"),
+    "icr": ("input", "chosen", "rejected"),
+}
+FLAT_KTO = {"intel": "question", "prompt_pairs": "prompt", "ultra": "prompt"}
+"""chatml.X / llama3.X KTO functions: the prompt column they read (and completion, label)."""
+NOT_FLAT = {
+    "ultra": "reads chosen[1].content and rejected[1].content of [user, assistant] conversations beside "
+    "a prompt column; our preference rows take the prompt and whole completions",
+    "argilla_chat": "reads chosen[0] as the prompt and chosen[1]/rejected[1] as the completions; our "
+    "preference rows cannot pick turns",
+}
+PREFERENCE_CAVEAT = (
+    "the type hard-codes {template} text, rendered here with chat_template: {template} (an empty system "
+    "field gives no system turn in both)"
+)
+
 
 @functools.cache
 def inventory() -> dict[str, Any]:
@@ -177,6 +220,11 @@ class _Converter:
         self.given, self.source, self.file = data, source, file
         self.out = Conversion(source=file)
         self.done: set[str] = set()
+        self.method: str | None = None
+        """Our method type when the Axolotl config trains one (rl or reward_model)."""
+        self.global_template_used = False
+        self.caveats: list[str] = []
+        """How a carried preference dataset may differ from Axolotl's rows (noted on `datasets`)."""
 
     # ---- accounting ---------------------------------------------------------------------------
 
@@ -212,6 +260,7 @@ class _Converter:
 
     def run(self) -> Conversion:
         for handler in (
+            self.preference_method,
             self.simple_keys,
             self.adapter,
             self.attention,
@@ -258,7 +307,7 @@ class _Converter:
 
     def simple_keys(self) -> None:
         for key, ours in SAME.items():
-            if key not in self.given:
+            if key not in self.given or key in self.done:
                 continue
             value = self.given[key]
             if value is None:
@@ -309,6 +358,134 @@ class _Converter:
                 self._entry("special_tokens", "carried", "-> special_tokens" + (" + tokens" if extra else ""))
             else:
                 self.refuse("special_tokens", "must be a mapping of token names")
+
+    def preference_method(self) -> None:
+        """`rl:` / `reward_model:` and the options Axolotl's trainer for it reads -> `method:`."""
+        rl, reward = self.given.get("rl"), self.given.get("reward_model")
+        if "rl" in self.given and rl is None:
+            self.drop("rl", "unset: supervised fine-tuning")
+        if "reward_model" in self.given and not reward:
+            self.drop("reward_model", "unset or off")
+        if rl is None and not reward:
+            return
+        if rl is not None and reward:
+            self.refuse("reward_model", f"set beside rl: {rl}; Axolotl trains one or the other")
+            return
+        kind = "reward"
+        if rl is not None:
+            rl = str(rl)
+            if rl in RL_REFUSED:
+                self.refuse("rl", f"'{rl}': {RL_REFUSED[rl]}")
+                if self.given.get("trl"):
+                    self.refuse("trl", f"the settings of rl: {rl}, which cannot be carried (see rl)")
+                return
+            if rl not in RL_METHODS:
+                known = ", ".join([*RL_METHODS, *RL_REFUSED])
+                self.refuse("rl", f"rl: {_short(rl)} is not one of Axolotl's methods ({known})")
+                return
+            kind = RL_METHODS[rl]
+        block: dict[str, Any] = {"type": kind}
+        origins = ["rl" if rl is not None else "reward_model"]
+        betas = self.method_options(kind, rl, block, origins)
+        if betas is None:
+            return
+        if len(set(betas.values())) > 1:
+            named = ", ".join(f"{k}: {v}" for k, v in betas.items())
+            self.refuse(next(iter(betas)).split(".")[0], f"conflicting betas ({named}); Axolotl has one beta")
+            return
+        if betas:
+            block["beta"] = next(iter(betas.values()))
+            origins += [k for k in betas if k != "trl.beta"] + (["trl"] if "trl.beta" in betas else [])
+            for key in betas:
+                self._entry(
+                    key.split(".")[0], "carried", "-> method.beta" + " (trl.beta)" * (key == "trl.beta")
+                )
+        for option, value in METHOD_DEFAULTS.get(kind, {}).items():
+            if option not in block:
+                block[option] = value
+                origins.append(f"(TRL's default {option} {value}, which Axolotl leaves in place)")
+        if rl == "ipo":
+            block["loss_type"] = "ipo"
+        if kind == "reward":
+            note = (
+                "-> method: reward (a one-score sequence-classification head); Axolotl also pads every "
+                "row to sequence_len, which changes no score: it is read at the last real token"
+            )
+        else:
+            note = f"-> method.type: {kind}" + (" with loss_type: ipo" if rl == "ipo" else "")
+        self._entry(origins[0], "carried", note)
+        for key in ("pad_to_sequence_len", "eval_sample_packing"):
+            if self.given.get(key):
+                self.drop(key, "padding/packing of SFT rows; the preference methods here run padding-free")
+        if self.given.get("sample_packing"):
+            self.refuse("sample_packing", "Axolotl refuses sample_packing with rl / reward_model")
+            return
+        if kind == "reward" and "num_labels" in self.given and self.given["num_labels"] in (1, None):
+            self.drop("num_labels", "the reward model's one score (method: reward)")
+        self.method = kind
+        self.put(("method",), block, ", ".join(origins))
+
+    def method_options(
+        self, kind: str, rl: str | None, block: dict[str, Any], origins: list[str]
+    ) -> dict[str, Any] | None:
+        """The method block's options (into block); returns the betas given, by key (None: refused)."""
+        betas: dict[str, Any] = {}
+        method = f"rl: {rl}" if rl else "reward_model"
+        for key in BETA_KEYS:
+            if key not in self.given:
+                continue
+            if self.given[key] is None:
+                self.drop(key, "unset (a null placeholder)")
+            elif kind == "reward" or (key == "orpo_alpha" and kind != "orpo"):
+                self.drop(key, f"not read by Axolotl with {method}")
+            else:
+                betas[key] = self.given[key]
+        for key, (ours, methods) in METHOD_OPTIONS.items():
+            if key not in self.given:
+                continue
+            value = self.given[key]
+            if value is None:
+                self.drop(key, "unset (a null placeholder)")
+            elif kind not in methods:
+                self.drop(key, f"read by Axolotl only with rl: {', '.join(methods)}, not with {method}")
+            else:
+                block[ours] = value
+                origins.append(key)
+                self._entry(key, "carried", f"-> method.{ours}")
+        if "dpo_loss_type" in self.given:
+            losses = self.given["dpo_loss_type"]
+            if losses is None:
+                self.drop("dpo_loss_type", "unset (a null placeholder)")
+            elif kind != "dpo":
+                self.drop("dpo_loss_type", f"read by Axolotl only with rl: dpo, ipo, not with {method}")
+            elif rl == "ipo" and _listed(losses) != ["ipo"]:
+                self.refuse("dpo_loss_type", f"{_short(losses)} beside rl: ipo (the ipo loss)")
+                return None
+            else:
+                listed = _listed(losses)
+                block["loss_type"] = listed[0] if len(listed) == 1 else listed
+                origins.append("dpo_loss_type")
+                self._entry("dpo_loss_type", "carried", "-> method.loss_type")
+        trl = self.given.get("trl")
+        if "trl" in self.given and not trl:
+            self.drop("trl", "unset")
+        elif trl is not None:
+            if not isinstance(trl, dict):
+                self.refuse("trl", "must be a mapping of TRL settings")
+                return None
+            known = inventory().get("trl_keys", {})
+            others = []
+            for key, value in trl.items():
+                if key == "beta" and value is not None and kind != "reward":
+                    betas["trl.beta"] = value
+                elif value is not None and value != (known.get(key) or {}).get("default"):
+                    others.append(key)
+            if others:
+                self.refuse("trl", f"TRL settings not carried for {method}: {', '.join(others)}")
+                return None
+            if "trl.beta" not in betas:
+                self.drop("trl", "only unset values and Axolotl's defaults")
+        return betas
 
     def adapter(self) -> None:
         name = self.given.get("adapter")
@@ -587,7 +764,10 @@ class _Converter:
                 self.done.add(key)
                 continue
             self.put((key,), converted, key)
-            self._entry(key, "carried", f"-> {key} ({len(converted)})")
+            notes = [c.split(": ", 1)[1] for c in self.caveats if c.startswith(f"{key}[")]
+            self._entry(key, "carried", f"-> {key} ({len(converted)})" + "".join(f"; {n}" for n in notes))
+        if self.method is not None:
+            self.preference_globals()
         for key in GLOBAL_DATASET_KEYS:
             if key in self.given and key not in self.done:
                 value = self.given[key]
@@ -602,6 +782,8 @@ class _Converter:
             self.refuse(f"{key}[{i}]", "a dataset entry must be a mapping", path)
             return None
         kind = entry.get("type")
+        if self.method is not None:
+            return self.preference_dataset(key, i, entry, kind)
         ours_type = DATASET_TYPES.get(kind) if isinstance(kind, str) else None
         if kind is None:
             ours_type = "pretokenized"  # Axolotl reads rows without a type as already tokenized
@@ -634,6 +816,136 @@ class _Converter:
         if out["type"] == "alpaca" and self.given.get("train_on_inputs"):
             out["train_on_prompt"] = True
         return out
+
+    def preference_dataset(self, key: str, i: int, entry: dict[str, Any], kind: Any) -> dict[str, Any] | None:
+        """A dataset entry of a preference/reward config: Axolotl's transform for its type, as our
+        preference or kto formatter with the columns it reads and the text it renders."""
+        path, name, method = (key, i), f"{key}[{i}].type", self.method
+        if not isinstance(kind, str):
+            self.refuse(name, f"method {method} needs a preference dataset type, got {_short(kind)}", path)
+            return None
+        prefix, _, function = kind.partition(".")
+        options: tuple[str, ...] = ()  # entry keys read by the type beside the source keys
+        out: dict[str, Any]
+        caveat = ""
+        if method == "kto" and prefix in ("chatml", "llama3") and function in FLAT_KTO:
+            out = {"type": "kto", "prompt_field": FLAT_KTO[function], "chat_template": prefix}
+            caveat = _caveat(prefix)
+        elif method == "dpo" or method == "simpo":
+            if kind == "chat_template.default":
+                out = {"type": "preference"}
+                options = ("field_messages", "field_chosen", "field_rejected", "message_property_mappings",
+                           "message_field_role", "message_field_content", "roles", "chat_template",
+                           "chat_template_jinja")  # fmt: skip
+            elif prefix in ("chatml", "llama3") and function in FLAT_PAIRS:
+                prompt, chosen, rejected = FLAT_PAIRS[function]
+                out = {"type": "preference", "prompt_field": prompt, "chat_template": prefix}
+                out.update({k: v for k, v in (("chosen_field", chosen), ("rejected_field", rejected))
+                            if v != k.removesuffix("_field")})  # fmt: skip
+                caveat = _caveat(prefix)
+            elif prefix in ("chatml", "llama3") and function in NOT_FLAT:
+                self.refuse(name, f"dataset type {kind}: {NOT_FLAT[function]}", (*path, "type"))
+                return None
+            else:
+                return self._refuse_type(name, kind, path)
+        elif method == "reward" and kind == "bradley_terry.chat_template":
+            out = {"type": "preference", "prompt_field": "input"}
+            options = ("chat_template", "chat_template_jinja")
+        else:
+            return self._refuse_type(name, kind, path)
+        for field_key, value in entry.items():
+            where = (*path, field_key)
+            if field_key in ("type", "ds_type") or value is None:
+                continue
+            if field_key in ("path", "split", "name", "data_files", "revision"):
+                out[field_key] = value
+            elif field_key not in options:
+                self.refuse(
+                    f"{key}[{i}].{field_key}", f"a dataset option that {kind} data does not carry here", where
+                )
+                return None
+        if options and not self.configurable_layout(key, i, entry, kind, out):
+            return None
+        if caveat:
+            self.caveats.append(f"{key}[{i}]: {caveat}")
+        return out
+
+    def _refuse_type(self, name: str, kind: str, path: tuple[Any, ...]) -> dict[str, Any] | None:
+        info: dict[str, Any] = next(
+            (v for k, v in inventory().get("dataset_types", {}).items() if k and kind in k), {}
+        )
+        why = info.get("reason") or f"not a layout carried here for method {self.method}"
+        self.refuse(name, f"dataset type {kind}: {why}", (*path, "type"))
+        return None
+
+    def configurable_layout(
+        self, key: str, i: int, entry: dict[str, Any], kind: str, out: dict[str, Any]
+    ) -> bool:
+        """chat_template.default / bradley_terry.chat_template: the chat template (the entry's or the
+        global one) and, for chat_template.default, the message columns; False when refused."""
+        path = (key, i)
+        template = entry.get("chat_template") or self.given.get("chat_template") or "tokenizer_default"
+        if entry.get("chat_template") is None and self.given.get("chat_template") is not None:
+            self.global_template_used = True
+        jinja = entry.get("chat_template_jinja") or self.given.get("chat_template_jinja")
+        if template not in TEMPLATES or (template == "jinja" and not jinja):
+            where = (*path, "chat_template") if entry.get("chat_template") else ("chat_template",)
+            self.refuse(f"{key}[{i}].chat_template", _template_reason(template), where)
+            return False
+        if kind.startswith("bradley_terry") and template != "llama3":
+            self.refuse(
+                f"{key}[{i}].type",
+                f"{kind} with chat template '{template}': Axolotl scores the whole rendered conversation, "
+                "text after the last end-of-turn marker included (ChatML's newline), ours ends each "
+                "sequence at the marker, so the score would be read at another token (llama3 ends there)",
+                (*path, "type"),
+            )
+            return False
+        out["chat_template"] = TEMPLATES[template]
+        if template == "jinja":
+            out["chat_template_jinja"] = jinja
+        if kind.startswith("bradley_terry"):
+            self.put(("too_long",), "truncate", "Axolotl cuts reward rows at sequence_len")
+            return True
+        out["prompt_field"] = entry.get("field_messages") or "messages"
+        for axolotl, ours in (("field_chosen", "chosen_field"), ("field_rejected", "rejected_field")):
+            if entry.get(axolotl) not in (None, ours.removesuffix("_field")):
+                out[ours] = entry[axolotl]
+        mapping = dict(entry.get("message_property_mappings") or {})
+        for legacy in ("message_field_role", "message_field_content"):
+            if entry.get(legacy) is not None:
+                mapping[legacy.removeprefix("message_field_")] = entry[legacy]
+        renamed = {k: v for k, v in mapping.items() if k != v}
+        roles = entry.get("roles") or {}
+        renamed_roles = {s: t for t, sources in roles.items() for s in _listed(sources) if s != t}
+        if renamed or renamed_roles:
+            self.refuse(
+                f"{key}[{i}].{'message_property_mappings' if renamed else 'roles'}",
+                f"renames message {'fields' if renamed else 'roles'} ({_short(renamed or renamed_roles)}): "
+                "our preference formatter reads role and content, with the roles as they are",
+                (*path, "message_property_mappings" if renamed else "roles"),
+            )
+            return False
+        self.caveats.append(
+            f"{key}[{i}]: a 'system' column beside the messages is read by ours (as the system turn when the "
+            "messages have none), not by Axolotl's chat_template.default"
+        )
+        return True
+
+    def preference_globals(self) -> None:
+        """Axolotl's top-level chat keys in a preference config."""
+        if self.has("chat_template") and "chat_template" not in self.done:
+            if self.global_template_used:
+                self._entry("chat_template", "carried", "-> the chat_template of the dataset entries")
+            else:
+                self.drop("chat_template", "not read by these dataset types, which render their own format")
+        if self.has("chat_template_jinja") and not self.global_template_used:
+            self.drop("chat_template_jinja", "not read by these dataset types")
+        if "train_on_inputs" in self.given:
+            self.drop("train_on_inputs", "not read for preference data: only the completions train")
+        for key in ("eot_tokens", "default_system_message"):
+            if self.has(key):
+                self.refuse(key, f"not carried for preference data (method {self.method})")
 
     def global_dataset_keys(self, out: dict[str, Any]) -> None:
         """Axolotl's top-level chat keys, which it applies to every dataset, onto this entry."""
@@ -724,6 +1036,11 @@ def _dotted(path: tuple[Any, ...]) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _caveat(template: str) -> str:
+    trim = "; ours trims whitespace around each content (llama3), Axolotl's text keeps it"
+    return PREFERENCE_CAVEAT.format(template=template) + (trim if template == "llama3" else "")
 
 
 def _template_reason(name: Any) -> str:

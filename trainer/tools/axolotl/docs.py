@@ -120,6 +120,47 @@ def carried_rows() -> list[str]:
         _row(
             "lr_scheduler (+ cosine_min_lr_ratio)", "`lr_scheduler` (`cosine_with_min_lr` + min_lr_rate)", ""
         ),
+        _row(
+            "rl",
+            "`method: {type: ...}`",
+            ", ".join(f"{k} -> {v}" for k, v in rules.RL_METHODS.items())
+            + " (loss_type: ipo); refused: "
+            + ", ".join(rules.RL_REFUSED),
+        ),
+        _row(
+            "reward_model",
+            "`method: {type: reward}`",
+            "num_labels 1 dropped; Axolotl's padding changes no score",
+        ),
+        _row(
+            ", ".join(rules.BETA_KEYS) + ", trl.beta",
+            "`method.beta`",
+            "one value (conflicting values refused); orpo_alpha only with rl: orpo",
+        ),
+        *[
+            _row(key, f"`method.{ours}`", f"rl: {', '.join(methods)}")
+            for key, (ours, methods) in rules.METHOD_OPTIONS.items()
+        ],
+        _row("dpo_loss_type", "`method.loss_type`", "rl: dpo (one entry: a name; several: a list)"),
+        _row(
+            "(rl: simpo)",
+            ", ".join(f"`method.{k}: {v}`" for k, v in rules.METHOD_DEFAULTS["simpo"].items()),
+            "TRL's CPOConfig defaults, which Axolotl leaves in place",
+        ),
+        _row(
+            "preference datasets",
+            "`preference` / `kto`",
+            "chat_template.default -> preference (prompt_field: field_messages, the chat template); "
+            + ", ".join(
+                f"chatml/llama3.{k} -> preference (prompt_field: {v[0]})" for k, v in rules.FLAT_PAIRS.items()
+            )
+            + "; "
+            + ", ".join(
+                f"chatml/llama3.{k} (kto) -> kto (prompt_field: {v})" for k, v in rules.FLAT_KTO.items()
+            )
+            + "; bradley_terry.chat_template (llama3) -> preference (prompt_field: input; too_long: "
+            "truncate)",
+        ),
     ]
     return rows
 
