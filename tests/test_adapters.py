@@ -375,3 +375,104 @@ def test_added_tokens_train_under_any_peft_config_or_are_refused(tiny_model: Pat
             continue  # this PEFT version gives prompt tuning modules_to_save: nothing to refuse
         with pytest.raises(ConfigErrors, match="cannot train whole modules"):
             train_new_token_rows(model, config, "adapters plugin 'x'")
+
+
+# ---- lora with unfrozen_parameters ---------------------------------------------------------------
+
+
+def test_lora_unfrozen_parameters_train_in_full_beside_the_adapter_and_reload(tiny_model, toy_data, tmp_path):
+    """`lm_head` (tied to the input embeddings in this model: both train, as one) and one layer's norm
+    train in full beside the LoRA matrices; every other base weight stays bit-identical, and the saved
+    adapter reproduces the trained model's logits."""
+    from peft import PeftModel
+
+    out = tmp_path / "out"
+    patterns = ["lm_head", r"layers\.1\.post_attention_layernorm\."]
+    adapter = {
+        "type": "lora",
+        "r": R,
+        "target_modules": ["q_proj", "v_proj"],
+        "unfrozen_parameters": patterns,
+    }
+    built, before = build_train_save(
+        tmp_path, config_for(tiny_model, toy_data / "train.jsonl", out, adapter=adapter)
+    )
+    model = built.trainer.model
+    params = trainable(model)
+    shapes = linear_shapes(tiny_model)
+    lora = sum(R * sum(s) for n, s in shapes.items() if n.endswith(("q_proj", "v_proj")))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    assert sum(v.numel() for v in params.values()) == lora + vocab * 256 + 256  # tied embeddings once
+    full = {n for n in params if ".lora_" not in n}
+    assert any("post_attention_layernorm" in n and ".layers.1." in n for n in full), full
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+    for name, value in params.items():  # the adapters and the unfrozen copies all moved
+        assert not torch.equal(value.detach(), before[name]), name
+    base = dict(base_model(tiny_model).named_parameters())
+    for name, value in model.named_parameters():
+        if value.requires_grad or "modules_to_save" in name:
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        plain = plain.replace(".original_module.", ".")
+        assert torch.equal(value, base[plain]), name  # frozen base weights (and the originals) untouched
+
+    saved = json.loads((out / "adapter_config.json").read_text())
+    # the tied lm_head is saved as the embedding it shares (PEFT's ensure_weight_tying)
+    assert {"model.embed_tokens", "model.layers.1.post_attention_layernorm"} <= set(saved["modules_to_save"])
+    assert saved["ensure_weight_tying"]
+    reloaded = PeftModel.from_pretrained(base_model(tiny_model), out)
+    expected = logits_of(model, built.tokenizer)
+    assert torch.allclose(logits_of(reloaded, built.tokenizer), expected, atol=1e-5)
+    assert not torch.allclose(logits_of(base_model(tiny_model), built.tokenizer), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        (
+            {"unfrozen_parameters": ["no_such_parameter"]},
+            "item 0 'no_such_parameter' matches no parameter of the base model",
+        ),
+        (
+            {"unfrozen_parameters": [r"layers\.0\.self_attn\.q_proj"]},
+            "'model.layers.0.self_attn.q_proj' already gets a LoRA adapter (target_modules)",
+        ),
+        (
+            {"target_modules": ["q_proj"], "unfrozen_parameters": [r"layers\.0\.mlp\.up_proj"]},
+            None,  # a linear no adapter targets trains in full: accepted
+        ),
+        (
+            {"type": "qlora", "target_modules": ["q_proj"], "unfrozen_parameters": [r"mlp\.up_proj"]},
+            "'model.layers.0.mlp.up_proj' is loaded in 4 bits: bitsandbytes holds its weight packed",
+        ),
+        ({"unfrozen_parameters": ["(unclosed"]}, "item 0 '(unclosed' is not a valid regex"),
+    ],
+    ids=["nothing", "adapted", "plain-linear", "quantized", "bad-regex"],
+)
+def test_lora_unfrozen_parameters_checked_at_validate(tiny_model, toy_data, tmp_path, adapter, message):
+    block = {"type": "lora", "r": R, **adapter}
+    cfg = write_yaml(
+        tmp_path / "cfg.yml",
+        config_for(tiny_model, toy_data / "train.jsonl", tmp_path / "out", adapter=block),
+    )
+    done = run_command("validate", cfg)
+    if message is None:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 2, done.stdout
+    lines = cfg.read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(lines) if text.strip().startswith("unfrozen_parameters:"))
+    assert f"{cfg}:{line}  adapter.unfrozen_parameters: {message}" in done.stderr, done.stderr
+
+
+def test_unfrozen_modules_refuse_part_of_a_module():
+    from plugins.adapters.lora import unfrozen_modules
+
+    names = ["m.proj.weight", "m.proj.bias", "m.norm.weight"]
+    modules, problems = unfrozen_modules([r"proj\.weight", "norm"], names, {}, set(), None)
+    assert modules == ["m.norm", "m.proj"]
+    assert problems == [
+        "matches ['m.proj.weight'] but not ['m.proj.bias'] of the same module 'm.proj': beside an adapter "
+        "whole modules train and are saved (PEFT's modules_to_save), so match all of its parameters "
+        "(e.g. 'm\\.proj\\.')"
+    ]

@@ -480,3 +480,13 @@ def test_added_tokens_under_an_adapter_count_the_embedding_copies(tmp_path, fake
     assert any("embeddings train in full" in note for note in tokens.notes)
     full = estimate(resolve(tmp_path, fake, data, tokens=["<tool>"]))  # full training: nothing extra
     assert full.trainable == find_shapes(str(fake)).num_params
+
+
+def test_lora_unfrozen_parameters_count_as_trainable_copies(tmp_path, fake, data) -> None:  # type: ignore[no-untyped-def]
+    """unfrozen_parameters beside LoRA: the matched modules train as full copies (fp32 under qlora)."""
+    plain = estimate(resolve(tmp_path, fake, data, adapter={"type": "lora", "r": 8}))
+    adapter = {"type": "lora", "r": 8, "unfrozen_parameters": ["lm_head", r"model\.norm\."]}
+    unfrozen = estimate(resolve(tmp_path, fake, data, adapter=adapter))
+    copies = LLAMA["vocab_size"] * LLAMA["hidden_size"] + LLAMA["hidden_size"]
+    assert unfrozen.trainable == plain.trainable + copies
+    assert unfrozen.weights == pytest.approx(plain.weights + 4 * copies)

@@ -12,11 +12,19 @@ adapter:
   loraplus_lr_ratio: 16           # LoRA+: B matrices train at learning_rate * 16
   layers_to_transform: [0, 1]
   load_in_8bit: false             # bitsandbytes 8-bit base
+  unfrozen_parameters: ['model\\.norm\\.']  # base parameters trained in full beside the adapter
 
 Tokens added by the config's `tokens` / `special_tokens` train automatically: the input and output
 embeddings join `modules_to_save` (trained in full, saved with the adapter; tied ones stay tied).
 Reload with the saved tokenizer: `base.resize_token_embeddings(len(tokenizer))`, then
 `PeftModel.from_pretrained(base, output_dir)`.
+
+`unfrozen_parameters` (Axolotl's key, regexes searched in parameter names as under `full`): the base
+parameters it matches train in full beside the adapter and are saved with it. PEFT trains and saves
+whole modules (`modules_to_save`), so each match is mapped to the module that owns it, and a regex
+that matches only some of a module's parameters is refused, as is a weight the base holds quantized
+(qlora's 4-bit, load_in_8bit) or a module that already gets an adapter. Unfreezing a tied input
+embedding or output layer trains both as one (PEFT's ensure_weight_tying).
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from pydantic import Field
 from trainer.api import (
     Adapter,
     BaseModelInfo,
+    ConfigErrors,
     Contribution,
     Options,
+    Problem,
     TrainConfig,
     TrainedTensor,
     Training,
@@ -77,6 +87,12 @@ class LoraOptions(Options):
     )
     load_in_8bit: bool = Field(
         False, description="Load the base model in 8 bits with bitsandbytes (kbit-training prepared)"
+    )
+    unfrozen_parameters: list[str] | None = Field(
+        None,
+        description="Regexes (re.search on base parameter names such as 'model.norm.weight'): the matching "
+        "base parameters train in full beside the adapter and are saved with it (their modules join "
+        "modules_to_save); a regex must match every parameter of the modules it touches",
     )
 
 
@@ -125,6 +141,84 @@ def unmatched_targets(targets: list[str] | str, base_model: str) -> list[str | t
     return [("target_modules", f"'{t}' matches no module; {named}") for t in targets if not info.selects(t)]
 
 
+OUTPUT_LAYER = "lm_head"
+"""The output layer's name in Hugging Face causal LMs: a tied one has no tensor in the checkpoint."""
+
+
+def _owner(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def unfrozen_modules(
+    patterns: list[str],
+    names: list[str],
+    quantized: dict[str, str],
+    adapted: set[str],
+    tied: tuple[str, str] | None,
+) -> tuple[list[str], list[str]]:
+    """The modules `unfrozen_parameters` trains in full (for modules_to_save) and the problems.
+    `names`: the base model's parameter names (a tied output layer's weight included); `quantized`:
+    module -> how it is held (those cannot train in full); `adapted`: modules that get an adapter;
+    `tied`: the (input embedding, output layer) module names when their weights are one tensor, both
+    unfrozen when either is."""
+    problems: list[str] = []
+    matched: set[str] = set()
+    for i, pattern in enumerate(patterns):
+        hits = [name for name in names if re.search(pattern, name)]
+        if not hits:
+            problems.append(
+                f"item {i} {pattern!r} matches no parameter of the base model, so it would train nothing; "
+                f"names look like {names[:3] + names[-2:]}"
+            )
+        matched.update(hits)
+    modules = sorted({_owner(name) for name in matched})
+    for module in modules:
+        own = [name for name in names if _owner(name) == module]
+        missing = [name for name in own if name not in matched]
+        if missing:
+            problems.append(
+                f"matches {sorted(set(own) - set(missing))} but not {missing} of the same module "
+                f"'{module}': beside an adapter whole modules train and are saved (PEFT's "
+                f"modules_to_save), so match all of its parameters (e.g. '{re.escape(module)}\\.')"
+            )
+        if module in quantized:
+            problems.append(
+                f"'{module}' is loaded {quantized[module]}: bitsandbytes holds its weight packed and frozen, "
+                "so it cannot train in full (its LoRA adapter trains it: target_modules), or use adapter "
+                "type lora without quantization"
+            )
+        elif module in adapted:
+            problems.append(
+                f"'{module}' already gets a LoRA adapter (target_modules): a module either trains through "
+                "its adapter or in full, so leave it out of one of them"
+            )
+    if tied is not None and set(tied) & set(modules):
+        modules = sorted({*modules, *tied})
+    return modules, problems
+
+
+def _adapted(opts: LoraOptions, base: BaseModelInfo) -> set[str]:
+    """The linear layers that get an adapter (target_modules, layers_to_transform)."""
+    targeted = set(targeted_linears(opts.target_modules, base))
+    if opts.layers_to_transform is None:
+        return targeted
+    layers = set(opts.layers_to_transform)
+    return {m for m in targeted if (hit := re.search(r"\.(\d+)\.", m)) is not None and int(hit[1]) in layers}
+
+
+def _header_unfrozen(opts: LoraOptions, base: BaseModelInfo, bits: int | None) -> tuple[list[str], list[str]]:
+    """unfrozen_modules from the checkpoint's header (validate time, the memory estimate)."""
+    names = list(base.tensors)
+    tied = None
+    if base.tied_embeddings and f"{OUTPUT_LAYER}.weight" not in base.tensors:
+        names.append(f"{OUTPUT_LAYER}.weight")  # one tensor in the file, two parameter names loaded
+        embed = next((_owner(n) for n in base.tensors if re.search(r"embed_tokens|wte", n)), None)
+        tied = (embed, OUTPUT_LAYER) if embed else None
+    held = f"in {bits} bits" if bits else ""
+    quantized = {module: held for module in base.linear_layers()} if bits else {}
+    return unfrozen_modules(opts.unfrozen_parameters or [], names, quantized, _adapted(opts, base), tied)
+
+
 LoraOptionsT = TypeVar("LoraOptionsT", bound=LoraOptions)
 
 
@@ -166,6 +260,23 @@ class Lora(Adapter[LoraOptionsT]):
             problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
         if not any(isinstance(p, tuple) and p[0] == "target_modules" for p in problems):
             problems += unmatched_targets(opts.target_modules, config.base_model)
+        problems += self._check_unfrozen(config, sound_targets=not problems)
+        return problems
+
+    def _check_unfrozen(self, config: TrainConfig, sound_targets: bool) -> list[str | tuple[str, str]]:
+        """unfrozen_parameters: valid regexes, and (when the model's files are on this machine) each
+        one matches whole modules the base holds unquantized and no adapter targets."""
+        patterns = self.options.unfrozen_parameters or []
+        problems: list[str | tuple[str, str]] = []
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                problems.append(("unfrozen_parameters", f"item {i} {pattern!r} is not a valid regex: {err}"))
+        info = describe_base_model(config.base_model) if patterns and not problems and sound_targets else None
+        if info is not None:
+            _, found = _header_unfrozen(self.options, info, self.quantized_bits())
+            problems += [("unfrozen_parameters", message) for message in found]
         return problems
 
     def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
@@ -193,6 +304,7 @@ class Lora(Adapter[LoraOptionsT]):
             layers_to_transform=list(opts.layers_to_transform) if opts.layers_to_transform else None,
             task_type="CAUSAL_LM",
         )
+        self._peft_config = peft_config  # prepare_model adds the unfrozen_parameters' modules
         contribution = Contribution(peft_config=peft_config)
         if opts.load_in_8bit:
             from transformers import BitsAndBytesConfig
@@ -213,7 +325,8 @@ class Lora(Adapter[LoraOptionsT]):
 
     def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
         """Only the adapters train: r*(in+out) per targeted linear, in fp32 (PEFT upcasts them), plus
-        DoRA's magnitude vector; biases as `bias` says; `modules_to_save` as trainable copies."""
+        DoRA's magnitude vector; biases as `bias` says; `modules_to_save` and the modules of
+        `unfrozen_parameters` as trainable copies (a tied embedding once)."""
         opts = self.options
         targeted = targeted_linears(opts.target_modules, base)
         trainable: list[TrainedTensor] = []
@@ -225,6 +338,9 @@ class Lora(Adapter[LoraOptionsT]):
             if opts.use_dora:
                 trainable.append(TrainedTensor(f"{module}.lora_magnitude", (out,), 4, added=True))
         saved = list(opts.modules_to_save or [])
+        if opts.unfrozen_parameters:
+            saved += _header_unfrozen(opts, base, self.quantized_bits())[0]
+        copy_bytes = 4 if self.quantized_bits() else base.dtype_bytes  # kbit preparation upcasts them
         for name, shape in base.tensors.items():
             module = name.rsplit(".", 1)[0]
             if name.endswith(".bias") and (
@@ -232,7 +348,7 @@ class Lora(Adapter[LoraOptionsT]):
             ):
                 trainable.append(TrainedTensor(name, shape, base.dtype_bytes))
             if any(module == m or module.endswith("." + m) for m in saved):
-                trainable.append(TrainedTensor(name, shape, base.dtype_bytes, added=True))  # a trainable copy
+                trainable.append(TrainedTensor(name, shape, copy_bytes, added=True))  # a trainable copy
         notes = [] if targeted else ["no linear layer matches target_modules"]
         return Training(trainable, self.base_weight_bytes(base, config), notes)
 
@@ -244,7 +360,34 @@ class Lora(Adapter[LoraOptionsT]):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=config.gradient_checkpointing
             )
+        if opts.unfrozen_parameters:
+            self._unfreeze(model)
         return model
+
+    def _unfreeze(self, model: Any) -> None:
+        """unfrozen_parameters on the loaded model (before PEFT wraps it): the owning modules join the
+        PEFT config's modules_to_save by full name, so PEFT trains them in full and saves them with
+        the adapter; a tied input embedding and output layer join together and stay tied."""
+        names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+        quantized = {
+            _owner(name): f"as {type(param).__name__} (bitsandbytes)"
+            for name, param in model.named_parameters()
+            if type(param).__name__ in ("Params4bit", "Int8Params")
+        }
+        inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = None
+        if outputs is not None and outputs.weight is inputs.weight:
+            by_module = {module: name for name, module in model.named_modules(remove_duplicate=False)}
+            tied = (by_module[inputs], by_module[outputs])
+        modules, problems = unfrozen_modules(
+            self.options.unfrozen_parameters or [], names, quantized, set(), tied
+        )
+        if problems:
+            raise ConfigErrors([Problem(("adapter", "unfrozen_parameters"), message) for message in problems])
+        peft_config = self._peft_config
+        peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), *modules})
+        if tied is not None and set(tied) & set(modules):
+            peft_config.ensure_weight_tying = True
 
     def create_optimizer(self, model: Any, args: Any) -> Any:
         """LoRA+ (when `loraplus_lr_ratio` is set): the configured optimizer with the B matrices at

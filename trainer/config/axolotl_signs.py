@@ -39,7 +39,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "evaluation and saving cadence": (
         ("evals_per_epoch", "saves_per_epoch", "eval_table_size", "eval_max_new_tokens", "save_first_step",
-         "eval_causal_lm_metrics", "do_causal_lm_eval", "early_stopping_patience", "evaluation_strategy",
+         "eval_causal_lm_metrics", "do_causal_lm_eval", "evaluation_strategy",
          "save_only_model"),
         (),
     ),

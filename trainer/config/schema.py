@@ -191,6 +191,18 @@ class TrainConfig(Strict):
     save_total_limit: int | None = Field(None, gt=0)
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
+    early_stopping_patience: int | None = Field(
+        None,
+        gt=0,
+        description="Stop training when metric_for_best_model (default eval_loss) has not improved for this "
+        "many evaluations in a row (needs evaluation: val_set_size or test_datasets)",
+    )
+    early_stopping_threshold: float = Field(
+        0.0,
+        ge=0,
+        description="With early_stopping_patience: an evaluation improves only when it beats the best so "
+        "far by more than this",
+    )
     report_to: str | list[str] = Field("none", description="'none', 'wandb', 'tensorboard', 'mlflow', ...")
     training_curves: bool = Field(
         True, description="Draw output_dir/training_curves.png (loss, eval loss, lr, grad norm) at the end"

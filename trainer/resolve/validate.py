@@ -541,7 +541,8 @@ def _fill_defaults(config: TrainConfig) -> TrainConfig:
         updates["eval_sample_packing"] = config.sample_packing
     if config.save_strategy == "steps" and config.save_steps is None:
         updates["save_steps"] = 500
-    if config.load_best_model_at_end and config.metric_for_best_model is None:
+    wants_metric = config.load_best_model_at_end or config.early_stopping_patience is not None
+    if wants_metric and config.metric_for_best_model is None:
         updates["metric_for_best_model"] = "eval_loss"
     return config.model_copy(update=updates)
 
@@ -590,6 +591,14 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
                     "save_steps",
                     f"must be a multiple of eval_steps ({c.eval_steps:g}) with load_best_model_at_end",
                 )
+    if c.early_stopping_patience is not None and c.eval_strategy == "no":
+        bad(
+            "early_stopping_patience",
+            "stops on the eval metric, but nothing is evaluated: set val_set_size or test_datasets "
+            "(and eval_steps, or eval_strategy: epoch)",
+        )
+    if c.early_stopping_threshold and c.early_stopping_patience is None:
+        bad("early_stopping_threshold", "has no effect without early_stopping_patience")
     if c.test_datasets and c.val_set_size:
         bad("val_set_size", "set val_set_size or test_datasets, not both")
     if c.group_by_length and c.sample_packing:

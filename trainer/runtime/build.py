@@ -449,8 +449,8 @@ def build_trainer(resolved: Resolved, planned: tuple[Merged, Any] | None = None)
 
 def run_features(config: TrainConfig, merged: Merged) -> dict[str, Any]:
     """The constructor arguments of every method's trainer that come from the run: the plugins'
-    callbacks and the adapter's (in the constructor: they act at on_init_end), checkpoint rotation
-    and the guard's watchdogs (trainer.training.run_features)."""
+    callbacks and the adapter's (in the constructor: they act at on_init_end), early stopping,
+    checkpoint rotation and the guard's watchdogs (trainer.training.run_features)."""
     from trainer.training import peft_support
 
     callbacks = list(merged.callbacks)
@@ -458,6 +458,10 @@ def run_features(config: TrainConfig, merged: Merged) -> dict[str, Any]:
         callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
     if merged.convert_initialised_adapter:
         callbacks.append(peft_support.ConvertToPlainAdapter())
+    if config.early_stopping_patience is not None:
+        from trainer.training.early_stopping import EarlyStopping
+
+        callbacks.append(EarlyStopping(config.early_stopping_patience, config.early_stopping_threshold))
     watchdog = {
         "threshold": config.loss_watchdog_threshold,
         "patience": config.loss_watchdog_patience,

@@ -62,6 +62,7 @@ SAME = {  # Axolotl key -> ours, same meaning and values
     "dataset_processes": "dataset_num_proc",
     "dataset_num_proc": "dataset_num_proc",
     "tokens": "tokens",
+    "early_stopping_patience": "early_stopping_patience",
     "evaluation_strategy": "eval_strategy",
 }
 TRAINER_ARGS = {"adam_beta1": "adam_beta1", "adam_beta2": "adam_beta2", "adam_epsilon": "adam_epsilon",
@@ -555,10 +556,8 @@ class _Converter:
                     block[ours] = kwargs[key]
             self._entry_if("bnb_config_kwargs", "-> adapter.quant_type / double_quant")
         if self.has("unfrozen_parameters"):
-            self.refuse(
-                "unfrozen_parameters",
-                "training named base weights in full beside a LoRA adapter is not supported here yet",
-            )
+            block["unfrozen_parameters"] = self.given["unfrozen_parameters"]
+            self._entry_if("unfrozen_parameters", "-> adapter.unfrozen_parameters (trained beside LoRA)")
         for key in ("lora_model_dir",):
             if key in self.given and self.given[key] is None:
                 self.drop(key, "unset (a null placeholder)")

@@ -68,7 +68,11 @@ def carried_rows() -> list[str]:
             "neither it nor lora_target_modules: refused",
         ),
         _row("bnb_config_kwargs", "`adapter.quant_type`, `adapter.double_quant`", "qlora"),
-        _row("unfrozen_parameters", "`adapter: {type: full, unfrozen_parameters}`", "without an adapter"),
+        _row(
+            "unfrozen_parameters",
+            "`adapter.unfrozen_parameters`",
+            "beside lora/qlora (whole modules, not quantized ones); without an adapter: full",
+        ),
         _row(
             "attn_implementation",
             "`attention`",
