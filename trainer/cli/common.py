@@ -8,7 +8,9 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trainer.config.errors import ConfigErrors
@@ -54,6 +56,20 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def write_whole(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it there: never half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---- the commands that run a trained model: generate, chat, serve, evaluate ----------------------

@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.cli.common import USER_ERROR, run
+from trainer.cli.common import USER_ERROR, run, write_whole
 
 if TYPE_CHECKING:
     from trainer.config.errors import ConfigErrors
@@ -71,14 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if conversion.env:
         say("environment the run needs: " + " ".join(f"{k}={v}" for k, v in conversion.env.items()))
     if args.out:
-        target = Path(args.out)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{target.name}.", dir=target.parent if str(target.parent) else "."
-        )
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-        say(f"wrote {target}: check it with python -m trainer.cli.validate {target}")
+        write_whole(args.out, text)
+        say(f"wrote {args.out}: check it with python -m trainer.cli.validate {args.out}")
     else:
         sys.stdout.write(text)
     return 0

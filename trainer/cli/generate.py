@@ -13,11 +13,17 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from trainer.cli.common import USER_ERROR, add_model_args, add_sampling_args, load_from, run, sampling_from
+from trainer.cli.common import (
+    USER_ERROR,
+    add_model_args,
+    add_sampling_args,
+    load_from,
+    run,
+    sampling_from,
+    write_whole,
+)
 
 
 class RowsError(ValueError):
@@ -94,21 +100,6 @@ def _messages(value: list[Any], where: str) -> list[dict[str, Any]]:
     return value
 
 
-def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-    """Written to a temporary file beside `path`, then renamed: never half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_return_sequences < 1 or args.batch_size < 1:
@@ -145,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = [c.text for c in completions]
         out_rows.append({**row, args.output_field: texts[0] if len(texts) == 1 else texts})
     if args.out:
-        write_jsonl(args.out, out_rows)
+        write_whole(args.out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out_rows))
         print(f"wrote {len(out_rows)} rows to {args.out}", file=sys.stderr)
     elif args.file:
         for row in out_rows:
