@@ -31,12 +31,13 @@ class RunContext(EvalContext):
         self._eval_dataset = eval_dataset
         self._registry = registry
 
-    def _loaded(self) -> Any:
-        """The model as the inference layer sees it: prompt format and end-of-turn from the run."""
+    def _loaded(self, chat: bool | None = None) -> Any:
+        """The model as the inference layer sees it: prompt format and end-of-turn from the run
+        (or the format `chat` chooses)."""
         from trainer.inference.load import in_memory
 
         resolved = self.resolved.to_dict() if self.resolved is not None else None
-        return in_memory(self.model, self.tokenizer, resolved, self.name)
+        return in_memory(self.model, self.tokenizer, resolved, self.name, chat)
 
     def eval_rows(self) -> Any:
         if self._eval_dataset is None:
@@ -103,18 +104,10 @@ class RunContext(EvalContext):
         return [completions[0].text for completions in results]
 
     def prompt_format(self, chat: bool | None = None) -> tuple[bool, list[str]]:
-        loaded = self._loaded()
-        use_chat = loaded.chat if chat is None else chat
-        if use_chat != loaded.chat:  # the other format: its own end-of-turn markers
-            from trainer.inference.load import Source, end_of_turn
-
-            source = Source(path=self.name, kind="model", tokenizer_path="", resolved=loaded.source.resolved)
-            ids, strings = end_of_turn(source, self.tokenizer, use_chat)
-        else:
-            ids, strings = loaded.stop_token_ids, loaded.stop_strings
+        loaded = self._loaded(chat)
         eos = self.tokenizer.eos_token_id
-        markers = [str(self.tokenizer.convert_ids_to_tokens(i)) for i in ids if i != eos]
-        return use_chat, [*markers, *strings]
+        markers = [str(self.tokenizer.convert_ids_to_tokens(i)) for i in loaded.stop_token_ids if i != eos]
+        return loaded.chat, [*markers, *loaded.stop_strings]
 
     def metric(self, name: str) -> Callable[..., Any]:
         registry = self._registry or default_registry()

@@ -291,24 +291,37 @@ def pick_device(device: str | None) -> Any:
     return torch.device(device)
 
 
-def in_memory(model: Any, tokenizer: Any, resolved: dict[str, Any] | None, name: str) -> Loaded:
+def in_memory(
+    model: Any, tokenizer: Any, resolved: dict[str, Any] | None, name: str, chat: bool | None = None
+) -> Loaded:
     """A model already in memory (training's evals, before and after) as a `Loaded`: the prompt
-    format and end-of-turn markers follow `resolved` (the run's config) as for a loaded run."""
+    format and end-of-turn markers follow `resolved` (the run's config) as for a loaded run, unless
+    `chat` chooses the format."""
     source = Source(path=name, kind="model", tokenizer_path="", resolved=resolved)
-    chat, why = chat_by_default(source, tokenizer)
-    stop_ids, stop_strings = end_of_turn(source, tokenizer, chat)
+    return _ready(model, tokenizer, source, "the model being trained", chat, [])
+
+
+def _ready(
+    model: Any, tokenizer: Any, source: Source, description: str, chat: bool | None, notes: list[str]
+) -> Loaded:
+    """The `Loaded` of a model and tokenizer: its prompt format (the run's, or `chat` when given),
+    the markers that end an answer, its context length and device."""
+    use_chat, why = chat_by_default(source, tokenizer)
+    if chat is not None:
+        use_chat, why = chat, ("the chat template (--chat)" if chat else "raw text (--raw)")
+    stop_ids, stop_strings = end_of_turn(source, tokenizer, use_chat)
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     return Loaded(
         model=model,
         tokenizer=tokenizer,
         source=source,
-        description="the model being trained",
-        chat=chat,
+        description=description,
+        chat=use_chat,
         stop_token_ids=stop_ids,
         stop_strings=stop_strings,
         context_length=int(context) if context else None,
         device=next(model.parameters()).device,
-        notes=[f"prompt format: {why}"],
+        notes=[*notes, f"prompt format: {why}"],
     )
 
 
@@ -371,8 +384,9 @@ def load(
             raise LoadError(
                 f"cannot apply the adapter in {source.path} to '{source.base_model}' (the wrong base?): {err}"
             ) from None
-        bits = 4 if quantization is not None and getattr(quantization, "load_in_4bit", False) else None
-        quantized = (4 if bits else 8) if quantization is not None else None
+        quantized = None
+        if quantization is not None:
+            quantized = 4 if getattr(quantization, "load_in_4bit", False) else 8
         description = f"{describe_adapter(source.adapter_config, quantized)} on {source.base_model}"
     elif source.resolved is not None:
         description = "full fine-tune"
@@ -380,24 +394,6 @@ def load(
         model.to(target)
     model.eval()
     model.requires_grad_(False)
-    use_chat, why = chat_by_default(source, tokenizer)
-    if chat is not None:
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise LoadError(f"--chat: the tokenizer of {path} has no chat template")
-        use_chat, why = chat, ("the chat template (--chat)" if chat else "raw text (--raw)")
-    notes.append(f"prompt format: {why}")
-    stop_ids, stop_strings = end_of_turn(source, tokenizer, use_chat)
-    text_config = model.config.get_text_config()
-    context = getattr(text_config, "max_position_embeddings", None)
-    return Loaded(
-        model=model,
-        tokenizer=tokenizer,
-        source=source,
-        description=description,
-        chat=use_chat,
-        stop_token_ids=stop_ids,
-        stop_strings=stop_strings,
-        context_length=int(context) if context else None,
-        device=target if quantization is None else next(model.parameters()).device,
-        notes=notes,
-    )
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise LoadError(f"--chat: the tokenizer of {path} has no chat template")
+    return _ready(model, tokenizer, source, description, chat, notes)
