@@ -196,6 +196,7 @@ def _plain_evals(blocks: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     from pydantic import ValidationError
 
     from trainer.resolve.registry import PluginError, default_registry
+    from trainer.resolve.validate import metric_problems
 
     registry = default_registry()
     problems, evals = [], []
@@ -211,11 +212,7 @@ def _plain_evals(blocks: list[dict[str, Any]]) -> list[tuple[str, Any]]:
             problems += [Problem(("evals", i, *e["loc"]), e["msg"]) for e in err.errors()]
             continue
         problems += [Problem(("evals", i), m) for m in plugin.missing_requirements()]
-        for j, metric in enumerate(plugin.metric_names()):
-            try:
-                registry.get("metrics", metric)
-            except PluginError as err:
-                problems.append(Problem(("evals", i, "metrics", j), str(err)))
+        problems += metric_problems(("evals", i), plugin, registry)
         evals.append((name, plugin))
     if problems:
         raise ConfigErrors(problems)

@@ -763,15 +763,23 @@ def _reward_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
 
 
 def _metric_checks(chosen: dict[str, Any], registry: Registry) -> list[Problem]:
-    """Each metric an eval names must be an installed `trainer.metrics` entry point that loads,
-    reported at `evals[i].metrics[j]`."""
+    """The metrics of every eval the config lists (metric_problems)."""
+    return [
+        p
+        for item in filter(None, chosen.get("evals", []))
+        for p in metric_problems(item.path, item.plugin, registry)
+    ]
+
+
+def metric_problems(path: Path, plugin: Any, registry: Registry) -> list[Problem]:
+    """Each metric an eval plugin names must be an installed `trainer.metrics` entry point that
+    loads, reported at `<path>.metrics[j]`."""
     problems = []
-    for item in filter(None, chosen.get("evals", [])):
-        for j, name in enumerate(item.plugin.metric_names()):
-            try:
-                registry.get("metrics", name)
-            except PluginError as err:
-                problems.append(Problem((*item.path, "metrics", j), str(err)))
+    for j, name in enumerate(plugin.metric_names()):
+        try:
+            registry.get("metrics", name)
+        except PluginError as err:
+            problems.append(Problem((*path, "metrics", j), str(err)))
     return problems
 
 
