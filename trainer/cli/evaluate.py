@@ -85,12 +85,12 @@ def flag_evals(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def config_file(target: Path) -> Path | None:
     """The config that goes with RUN_OR_CFG: the file itself, or a run's config.resolved.yml."""
+    from trainer.inference.load import run_folder
+
     if target.is_file():
         return target
-    for folder in (target, target.parent):
-        if (folder / RESOLVED_NAME).is_file():
-            return folder / RESOLVED_NAME
-    return None
+    run = run_folder(target)
+    return run / RESOLVED_NAME if run is not None else None
 
 
 def finished_model(output_dir: str) -> bool:

@@ -87,7 +87,7 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _run_folder(path: Path) -> Path | None:
+def run_folder(path: Path) -> Path | None:
     """The run folder of `path`: itself, or its parent for a checkpoint-N inside a run."""
     for folder in (path, path.parent):
         if (folder / RESOLVED_NAME).is_file():
@@ -105,7 +105,7 @@ def inspect(path: str, base_model: str | None = None) -> Source:
     if not folder.is_dir():
         raise LoadError(f"{path}: not a directory (give a run's output_dir or a model folder)")
     names = set(os.listdir(folder))
-    run = _run_folder(folder)
+    run = run_folder(folder)
     resolved = _read_yaml(run / RESOLVED_NAME) if run else None
     tokenizer_dir = next(
         (str(d) for d in (folder, run) if d is not None and (d / TOKENIZER_CONFIG).is_file()), ""
