@@ -74,6 +74,7 @@ EXTRAS = {
     "bnb": ["bitsandbytes>=0.45"],  # 8-bit and paged optimizers
     "deepspeed": ["deepspeed>=0.16"],
     "galore": ["galore-torch>=1.0"],
+    "qat": ["torchao>=0.18"],  # qat: fake quantization (0.18: the QATConfig API used, torch 2.13 wheels)
     "flash-attn": ["flash-attn>=2.6"],
     "liger": ["liger-kernel>=0.7"],  # Triton GPU kernels (0.7: first with transformers 5 support)
     "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
@@ -106,6 +107,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "plugins", "plugins.*"]),
+    # the chat_template formatter's built-in Jinja templates (from Axolotl, see their NOTICE)
+    package_data={"plugins.formatters": ["templates/*.jinja", "templates/NOTICE"]},
     install_requires=[
         "torch>=2.4,<2.14",
         "transformers>=5.0,<6",

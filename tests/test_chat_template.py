@@ -166,6 +166,7 @@ def test_builtin_renders_are_the_published_formats(base_tokenizer: Any) -> None:
     renders = {
         name: tokenizer.apply_chat_template(two, chat_template=t.source, tokenize=False)
         for name, t in BUILTIN_TEMPLATES.items()
+        if name in ("chatml", "qwen", "llama3", "mistral", "gemma", "phi3")  # (Axolotl's: their own test)
     }
     assert renders == {
         "chatml": "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n",

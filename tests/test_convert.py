@@ -153,7 +153,8 @@ PREFERENCE_EXAMPLES = {  # example config -> (the method block, the first datase
         {"type": "kto", "prompt_field": "prompt", "chat_template": "llama3",
          "path": "argilla/ultrafeedback-binarized-preferences-cleaned-kto", "split": "train"},
     ),
-    "qwen2/reward-model.yaml": ":10  datasets[0].chat_template: Axolotl's chat template 'qwen_25'",
+    "qwen2/reward-model.yaml": ":13  datasets[0].type: bradley_terry.chat_template with chat template "
+    "'qwen_25'",
     "llama-3/qlora-1b-gdpo.yaml": ":5  rl: 'gdpo': GDPO",
     "ebft/llama-1b-ebft-strided.yaml": ":7  rl: 'ebft': energy-based fine-tuning (EBFT) has no counterpart",
 }  # fmt: skip
@@ -236,3 +237,123 @@ def test_preference_rules(tmp_path: Path) -> None:
     }
     code, err, _ = _convert(tmp_path, reward.replace("llama3", "chatml"))
     assert code == 2 and "read at another token" in err, err
+
+
+def test_general_rules_of_axolotls_reading(tmp_path: Path) -> None:
+    """Read as Axolotl reads it: a key written twice keeps its last value (yaml.safe_load), a dataset
+    option Axolotl does not know or that the dataset's type does not read is dropped with a note,
+    save_steps/eval_steps switch their strategy to steps, fp16 turns bf16's auto off, and Axolotl
+    keeps 4 checkpoints unless told otherwise. A dataset path missing here (the cluster's) is a
+    machine note for `validate --skip-machine-checks`, not an error."""
+    code, stderr, config = _convert(
+        tmp_path,
+        "output_dir: ./first\noutput_dir: ./second\n"
+        "datasets:\n  - path: /cluster/data/train.jsonl\n    type: alpaca\n"
+        "    field_messages: conversations\n    dataset_prepared_path: ./prepared\n"
+        "val_set_size: 0.1\nsave_steps: 50\neval_steps: 25\nfp16: true\n",
+    )
+    assert code == 0, stderr
+    assert config["output_dir"] == "./second"
+    assert "axolotl.yml:6  output_dir: written again at line 7: the last value wins" in stderr
+    assert config["datasets"] == [{"path": "/cluster/data/train.jsonl", "type": "alpaca"}]
+    assert "datasets[0].field_messages: read only by chat types; 'alpaca' ignores it" in stderr
+    assert "datasets[0].dataset_prepared_path: not an Axolotl dataset option" in stderr
+    assert (config["save_strategy"], config["save_steps"]) == ("steps", 50)
+    assert (config["eval_strategy"], config["eval_steps"]) == ("steps", 25)
+    assert config["fp16"] is True and config["bf16"] is False and config["save_total_limit"] == 4
+    out = tmp_path / "out.yml"
+    strict = run_command("validate", out, cwd=tmp_path)
+    assert strict.returncode == 2 and "dataset '/cluster/data/train.jsonl' does not exist" in strict.stderr
+    relaxed = run_command("validate", "--skip-machine-checks", out, cwd=tmp_path)
+    assert relaxed.returncode == 0, relaxed.stderr
+    assert "dataset '/cluster/data/train.jsonl' does not exist" in relaxed.stdout + relaxed.stderr
+
+
+def test_axolotl_instruction_types_become_alpaca_options(tmp_path: Path) -> None:
+    """alpaca:phi, alpaca_chat.*, alpaca_w_system.*, oasst, summarizetldr and a user-defined type: dict
+    carry onto our alpaca formatter's prompt_style and options (their texts are checked against
+    Axolotl's in tests/test_alpaca_styles.py); the output validates. Types whose rows Axolotl reshapes
+    stay refused, each named."""
+    code, stderr, config = _convert(
+        tmp_path,
+        "train_on_inputs: true\ndatasets:\n"
+        "  - path: d.jsonl\n    type: alpaca:phi\n"
+        "  - path: d.jsonl\n    type: alpaca_chat\n    conversation: chatml\n"
+        "  - path: d.jsonl\n    type: alpaca_w_system.load_open_orca\n"
+        "  - path: d.jsonl\n    type: oasst\n    field: ignored\n"
+        "  - path: d.jsonl\n    type:\n      field_output: answer\n"
+        "      format: '[INST] {instruction} {input} [/INST]'\n"
+        "      no_input_format: '[INST] {instruction} [/INST]'\n      system_prompt: Be kind.\n",
+    )
+    assert code == 0, stderr
+    phi, chat, orca, oasst, custom = config["datasets"]
+    assert phi == {"type": "alpaca", "prompt_style": "phi", "path": "d.jsonl", "train_on_prompt": True}
+    assert chat["prompt_style"] == "chatml" and "conversation" not in chat
+    assert (orca["prompt_style"], orca["instruction_field"], orca["system_field"]) == (
+        "open_orca", "question", "system_prompt",
+    )  # fmt: skip
+    assert oasst["instruction_field"] == "INSTRUCTION" and oasst["input_field"] is None
+    assert "datasets[3].field: not read by dataset type 'oasst'" in stderr
+    assert custom["turn_format"] == "[INST] {instruction} {input} [/INST]"
+    assert (custom["system_prompt"], custom["system_format"], custom["output_field"]) == (
+        "Be kind.", "{system}", "answer",
+    )  # fmt: skip
+    checked = run_command("validate", "--skip-machine-checks", tmp_path / "out.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+
+    for kind, why in (("jeopardy", "what is"), ("context_qa.load_v2", "joins two columns"),
+                      ("alpaca:vicuna", "not one of Axolotl's")):  # fmt: skip
+        code, stderr, _ = _convert(tmp_path, f"datasets:\n  - path: d.jsonl\n    type: {kind}\n")
+        assert code == 2 and f"datasets[0].type: dataset type '{kind}'" in stderr and why in stderr, stderr
+
+
+def test_curriculum_fan_in_fan_out_and_rms_norm_keys(tmp_path: Path) -> None:
+    """curriculum_sampling -> sampler: sequential (one dataset: unshuffled too, as Axolotl);
+    lora_fan_in_fan_out -> adapter.fan_in_fan_out; flash_attn_rms_norm is dropped (speed only)."""
+    one = "datasets:\n  - path: d.jsonl\n    type: alpaca\n"
+    keys = "curriculum_sampling: true\nlora_fan_in_fan_out: true\nflash_attn_rms_norm: true\n"
+    code, stderr, config = _convert(tmp_path, one + keys)
+    assert code == 0, stderr
+    assert (config["sampler"], config["shuffle"]) == ("sequential", False)
+    assert config["adapter"]["fan_in_fan_out"] is True
+    assert "flash_attn_rms_norm: Removed flash-attn RMSNorm patch; speed-only" in stderr
+    checked = run_command("validate", "--skip-machine-checks", tmp_path / "out.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    two = one + "  - path: d.jsonl\n    type: alpaca\n"
+    code, stderr, config = _convert(tmp_path, two + "curriculum_sampling: true\n")
+    assert code == 0 and config["sampler"] == "sequential" and "shuffle" not in config  # shuffled once
+    ordered = two + "curriculum_sampling: true\nshuffle_merged_datasets: false\n"
+    code, stderr, config = _convert(tmp_path, ordered)
+    assert code == 0 and config["shuffle"] is False, stderr
+    code, stderr, _ = _convert(tmp_path, ordered + "shuffle_before_merging_datasets: true\n")
+    assert code == 2 and "shuffle_before_merging_datasets: with curriculum_sampling" in stderr
+
+
+def test_training_switches_carried_as_they_are(tmp_path: Path) -> None:
+    """dataloader_drop_last / full_determinism / greater_is_better / lr_scheduler_kwargs go to
+    trainer_args (beside adam_beta2 and cosine_min_lr_ratio's kwargs, which stay), excess_length_strategy
+    to too_long, batch_flattening to padding_free, xformers_attention to sdpa; raise is refused."""
+    one = "datasets:\n  - path: d.jsonl\n    type: alpaca\n"
+    code, stderr, config = _convert(
+        tmp_path,
+        one + "dataloader_drop_last: true\nfull_determinism: true\ngreater_is_better: true\n"
+        "metric_for_best_model: eval_loss\nlr_scheduler: cosine_with_restarts\n"
+        "lr_scheduler_kwargs:\n  num_cycles: 2\nadam_beta2: 0.95\nexcess_length_strategy: truncate\n"
+        "batch_flattening: true\nxformers_attention: true\n",
+    )
+    assert code == 0, stderr
+    assert config["trainer_args"] == {
+        "adam_beta2": 0.95,
+        "dataloader_drop_last": True,
+        "full_determinism": True,
+        "greater_is_better": True,
+        "lr_scheduler_kwargs": {"num_cycles": 2},
+    }
+    assert (config["too_long"], config["padding_free"], config["attention"]) == ("truncate", True, "sdpa")
+    checked = run_command("validate", "--skip-machine-checks", tmp_path / "out.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    code, stderr, config = _convert(tmp_path, one + "adam_beta2: 0.95\ncosine_min_lr_ratio: 0.1\n")
+    kwargs = {"min_lr_rate": 0.1}
+    assert code == 0 and config["trainer_args"] == {"adam_beta2": 0.95, "lr_scheduler_kwargs": kwargs}
+    code, stderr, _ = _convert(tmp_path, one + "excess_length_strategy: raise\n")
+    assert code == 2 and "excess_length_strategy: 'raise'" in stderr

@@ -48,7 +48,7 @@ def machine_errors(stderr: str, expected: list[str]) -> list[str]:
     count = len(errors)
     machine_note = "is a machine check" if count == 1 else "are machine checks"
     assert lines[:count_line] == [
-        f"({count} of the errors below {machine_note}: this machine's GPU or installed packages, not the "
+        f"({count} of the errors below {machine_note}: this machine's GPU, packages or files, not the "
         "config; --skip-machine-checks checks the config alone)"
     ], stderr
     for error in errors:

@@ -121,22 +121,22 @@ def test_skip_flag_still_fails_config_errors(tiny_model: Path, toy_data: Path, t
         fp16=True,  # a machine check here (no GPU): set aside
         warmup_ratio=0.1,  # a config error anywhere (a cross-key rule)
         warmup_steps=10,
-        datasets=[{"path": str(tmp_path / "missing.jsonl"), "type": "completion"}],  # so is a missing file
+        datasets=[{"path": str(tmp_path / "missing.jsonl"), "type": "completion"}],  # the machine's files
     )
     if Machine().accelerator is not None:
         pytest.skip("documents a machine without a GPU")
     plain = run_command("validate", cfg)
     assert plain.returncode == 2
     assert "fp16: fp16 mixed precision needs a GPU" in plain.stderr
-    assert plain.stderr.startswith("(1 of the errors below is a machine check: "), plain.stderr
+    assert plain.stderr.startswith("(2 of the errors below are machine checks: "), plain.stderr
+    assert "datasets[0].path: dataset" in plain.stderr
 
     skip = run_command("validate", "--skip-machine-checks", cfg)
     assert skip.returncode == 2, skip.stdout
     lines = skip.stderr.strip().splitlines()
-    assert lines[0] == "2 config errors:", skip.stderr  # the machine check is not among them
-    assert "datasets[0].path: dataset" in lines[1] and "does not exist" in lines[1]
-    assert "warmup_steps: set warmup_ratio or warmup_steps, not both" in lines[2]
-    assert "fp16" not in skip.stderr
+    assert lines[0] == "1 config error:", skip.stderr  # the machine checks are not among them
+    assert "warmup_steps: set warmup_ratio or warmup_steps, not both" in lines[1]
+    assert "fp16" not in skip.stderr and "does not exist" not in skip.stderr
 
     typo = run_command("validate", "--skip-machine-checks", cfg, "learning_rat=0.1", "warmup_steps=null")
     assert typo.returncode == 2

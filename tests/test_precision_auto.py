@@ -69,8 +69,14 @@ def test_the_decision_for_a_described_machine(tiny_model: Path, toy_data: Path, 
         "bf16": "auto -> on (A100 (compute capability 8.0) computes in bf16)",
         "tf32": "auto -> on (A100 (compute capability 8.0) has TF32 matmuls)",
     }
-    old, said = decide_auto(config, V100)
-    assert (old.bf16, old.tf32) == (False, False)
+    old, said = decide_auto(config, V100)  # Axolotl's fallback on a GPU without bf16: fp16 AMP
+    assert (old.bf16, old.fp16, old.tf32) == (False, True, False)
+    assert said["bf16"] == (
+        "auto -> off (Tesla V100 (compute capability 7.0) has no bf16): fp16 mixed precision instead"
+    )
+    no_fp16 = load_config(str(config_file(tmp_path, tiny_model, toy_data, bf16="auto", fp16=False))).config
+    old, said = decide_auto(no_fp16, V100)  # fp16: false written out keeps full precision
+    assert (old.bf16, old.fp16) == (False, False)
     assert said["bf16"] == "auto -> off (Tesla V100 (compute capability 7.0) has no bf16): training in fp32"
     cpu, said = decide_auto(config, CPU)
     assert (cpu.bf16, cpu.tf32) == (False, False)

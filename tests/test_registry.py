@@ -259,7 +259,7 @@ def test_a_missing_extra_is_one_validate_error_naming_it(
     done = run_command("validate", cfg)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines() == [
-        "(1 of the errors below is a machine check: this machine's GPU or installed packages, not the "
+        "(1 of the errors below is a machine check: this machine's GPU, packages or files, not the "
         "config; --skip-machine-checks checks the config alone)",
         "1 config error:",
         f"  {cfg}:4  {message}",

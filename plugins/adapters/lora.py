@@ -11,8 +11,18 @@ adapter:
   init: default                   # gaussian, pissa, olora
   loraplus_lr_ratio: 16           # LoRA+: B matrices train at learning_rate * 16
   layers_to_transform: [0, 1]
+  fan_in_fan_out: false           # weights stored (in, out), as GPT-2's Conv1D (PEFT's fan_in_fan_out)
   load_in_8bit: false             # bitsandbytes 8-bit base
   unfrozen_parameters: ['model\\.norm\\.']  # base parameters trained in full beside the adapter
+  target_parameters: [experts.gate_up_proj, experts.down_proj]  # LoRA on MoE experts' fused 3D weights
+  quantize_moe_experts: false     # with load_in_8bit (or qlora's 4 bits): the expert weights too
+  llama4_linearized_experts: false  # Llama 4: one nn.Linear per expert, reachable by target_modules
+
+Mixture-of-experts models (transformers 5 holds experts as fused 3D parameters, not nn.Linear):
+`target_parameters` puts PEFT's LoRA on raw parameters (PEFT's rule: a full parameter name or its
+last dotted parts; `dropout` must be 0, its default then); `quantize_moe_experts` quantizes the
+expert parameters after the load, as bitsandbytes does the linear layers; `llama4_linearized_experts`
+rewrites Llama 4's fused experts as linear layers with the same outputs. See moe_experts.py.
 
 Tokens added by the config's `tokens` / `special_tokens` train automatically: the input and output
 embeddings join `modules_to_save` (trained in full, saved with the adapter; tied ones stay tied).
@@ -36,6 +46,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
+from plugins.adapters.moe_experts import LINEARIZED_KEY, header_experts
 from trainer.api import (
     Adapter,
     BaseModelInfo,
@@ -85,6 +96,11 @@ class LoraOptions(Options):
     layers_to_transform: list[int] | None = Field(
         None, description="Only these layer indices get adapters (not with a regex target_modules)"
     )
+    fan_in_fan_out: bool = Field(
+        False,
+        description="PEFT's fan_in_fan_out: the targeted weights are stored (in, out), as GPT-2's Conv1D "
+        "layers are (PEFT sets it for Conv1D and clears it for nn.Linear and bitsandbytes layers itself)",
+    )
     load_in_8bit: bool = Field(
         False, description="Load the base model in 8 bits with bitsandbytes (kbit-training prepared)"
     )
@@ -94,6 +110,29 @@ class LoraOptions(Options):
         "base parameters train in full beside the adapter and are saved with it (their modules join "
         "modules_to_save); a regex must match every parameter of the modules it touches",
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters (not modules) that get a LoRA update, e.g. the fused 3D expert weights of "
+        "an MoE model: [experts.gate_up_proj, experts.down_proj] (PEFT's target_parameters: a full "
+        "parameter name or its last dotted parts). Needs dropout 0 (its default then)",
+    )
+    quantize_moe_experts: bool = Field(
+        False,
+        description="Also quantize the MoE expert weights (3D parameters under a module named *expert*), "
+        "which bitsandbytes' load leaves in 16 bits: 8 bits with load_in_8bit, 4 bits under qlora",
+    )
+    llama4_linearized_experts: bool = Field(
+        False,
+        description="Llama 4: rewrite each fused expert stack as one nn.Linear per expert "
+        "(experts.gate_projs.N, up_projs.N, down_projs.N) after the load, so target_modules and qlora's "
+        "4-bit quantization reach them",
+    )
+
+    def effective_dropout(self) -> float:
+        """PEFT's parameter LoRA cannot drop its input out: with target_parameters an unset dropout is 0."""
+        if self.target_parameters and "dropout" not in self.model_fields_set:
+            return 0.0
+        return self.dropout
 
 
 def targeted_linears(targets: list[str] | str, base: BaseModelInfo) -> dict[str, tuple[int, int]]:
@@ -107,11 +146,17 @@ def targeted_linears(targets: list[str] | str, base: BaseModelInfo) -> dict[str,
     return {m: s for m, s in linears.items() if any(base.selects_module(m, t) for t in targets)}
 
 
-def kbit_base_bytes(base: BaseModelInfo, linear_bytes: Callable[[tuple[int, ...]], float]) -> float:
+def kbit_base_bytes(
+    base: BaseModelInfo, linear_bytes: Callable[[tuple[int, ...]], float], experts: bool = False
+) -> float:
     """A base loaded quantized by bitsandbytes and prepared by PEFT's prepare_model_for_kbit_training:
     each linear weight costs `linear_bytes(shape)`, every other weight (norms, embeddings) 4 bytes per
-    value, as the preparation upcasts them to fp32."""
+    value, as the preparation upcasts them to fp32. MoE expert weights (fused 3D parameters once
+    loaded, which bitsandbytes' load leaves alone) count as linear weights only with `experts`
+    (quantize_moe_experts), else as the other weights."""
     linear = {f"{module}.weight" for module in base.linear_layers()}
+    held = set(header_experts(base.tensors))
+    linear = linear | held if experts else linear - held
     return float(
         sum(
             linear_bytes(shape) if name in linear else 4 * math.prod(shape)
@@ -259,8 +304,84 @@ class Lora(Adapter[LoraOptionsT]):
         if opts.loraplus_lr_ratio is not None and opts.loraplus_lr_ratio < 1:
             problems.append(("loraplus_lr_ratio", "should be >= 1 (the B matrices learn faster than A)"))
         if not any(isinstance(p, tuple) and p[0] == "target_modules" for p in problems):
-            problems += unmatched_targets(opts.target_modules, config.base_model)
+            targets = opts.target_modules
+            if opts.llama4_linearized_experts and isinstance(targets, list):  # modules made after the load
+                targets = [t for t in targets if not re.search(r"(gate|up|down)_projs", t)]
+            problems += unmatched_targets(targets, config.base_model)
         problems += self._check_unfrozen(config, sound_targets=not problems)
+        problems += self._check_experts(config)
+        return problems
+
+    def _check_experts(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        """target_parameters, quantize_moe_experts and llama4_linearized_experts. Whether the named
+        parameters and the experts exist is checked when the model is loaded: transformers fuses
+        per-expert checkpoint tensors into 3D parameters on load, so the files' names are not the
+        model's."""
+        opts = self.options
+        problems: list[str | tuple[str, str]] = []
+        targets = opts.target_parameters
+        if targets is not None:
+            if not targets or any(not t.strip() for t in targets):
+                problems.append(
+                    ("target_parameters", "must name at least one parameter, e.g. experts.gate_up_proj")
+                )
+            if opts.effective_dropout():
+                problems.append(
+                    (
+                        "dropout",
+                        "must be 0 with target_parameters: PEFT's LoRA on a parameter cannot drop out its "
+                        "input (leave dropout unset or set 0)",
+                    )
+                )
+            if opts.use_dora:
+                problems.append(("use_dora", "does not work with target_parameters (PEFT's ParamWrapper)"))
+            if getattr(opts, "fan_in_fan_out", False):
+                problems.append(
+                    ("fan_in_fan_out", "does not work with target_parameters (PEFT's ParamWrapper)")
+                )
+            if opts.init not in ("default", "gaussian"):
+                problems.append(
+                    ("init", f"{opts.init} reads a module's weight, which a targeted parameter has not: "
+                     "use default or gaussian with target_parameters")
+                )  # fmt: skip
+        if opts.quantize_moe_experts and not self.quantized_bits():
+            problems.append(
+                (
+                    "quantize_moe_experts",
+                    "quantizes the experts as the rest of the base is: needs load_in_8bit: true, or adapter "
+                    "type qlora (4 bits)",
+                )
+            )
+        if opts.llama4_linearized_experts and self.quantized_bits() == 8:
+            problems.append(
+                (
+                    "llama4_linearized_experts",
+                    "cannot be combined with load_in_8bit (the new linear layers would stay 16-bit): use "
+                    "adapter type qlora, or lora without load_in_8bit",
+                )
+            )
+        if opts.llama4_linearized_experts and opts.quantize_moe_experts:
+            problems.append(
+                (
+                    "quantize_moe_experts",
+                    "with llama4_linearized_experts the experts are linear layers, which qlora quantizes "
+                    "already: drop quantize_moe_experts",
+                )
+            )
+        info = describe_base_model(config.base_model) if opts.llama4_linearized_experts else None
+        if info is not None and any(LINEARIZED_KEY.search(name) for name in info.tensors):
+            problems.append(
+                (
+                    "llama4_linearized_experts",
+                    f"{config.base_model} already holds linearized experts (Axolotl's '-Linearized' Llama 4 "
+                    "conversion), which transformers' Llama 4 cannot load: use the original checkpoint "
+                    "(e.g. meta-llama/Llama-4-Scout-17B-16E-Instruct); trainer linearizes it after the load",
+                )
+            )
+        elif info is not None and info.model_type not in ("llama4", "llama4_text"):
+            problems.append(
+                ("llama4_linearized_experts", f"is for Llama 4 (model_type llama4), not {info.model_type}")
+            )
         return problems
 
     def _check_unfrozen(self, config: TrainConfig, sound_targets: bool) -> list[str | tuple[str, str]]:
@@ -294,14 +415,16 @@ class Lora(Adapter[LoraOptionsT]):
         peft_config = LoraConfig(
             r=opts.r,
             lora_alpha=opts.alpha,  # type: ignore[arg-type]
-            lora_dropout=opts.dropout,
+            lora_dropout=opts.effective_dropout(),
             target_modules=target,
+            target_parameters=list(opts.target_parameters) if opts.target_parameters else None,
             bias=opts.bias,
             modules_to_save=list(opts.modules_to_save) if opts.modules_to_save else None,
             use_dora=opts.use_dora,
             use_rslora=opts.use_rslora,
             init_lora_weights=INIT_WEIGHTS.get(opts.init, True),
             layers_to_transform=list(opts.layers_to_transform) if opts.layers_to_transform else None,
+            fan_in_fan_out=opts.fan_in_fan_out,
             task_type="CAUSAL_LM",
         )
         self._peft_config = peft_config  # prepare_model adds the unfrozen_parameters' modules
@@ -321,7 +444,10 @@ class Lora(Adapter[LoraOptionsT]):
         row (bitsandbytes LLM.int8), everything else as kbit_base_bytes says."""
         if not self.options.load_in_8bit:
             return float(base.num_params * base.dtype_bytes)
-        return kbit_base_bytes(base, lambda shape: math.prod(shape) + 4 * shape[0])
+        rows = lambda shape: math.prod(shape) // shape[-1]  # noqa: E731
+        return kbit_base_bytes(
+            base, lambda shape: math.prod(shape) + 4 * rows(shape), self.options.quantize_moe_experts
+        )
 
     def training(self, base: BaseModelInfo, config: TrainConfig) -> Training:
         """Only the adapters train: r*(in+out) per targeted linear, in fp32 (PEFT upcasts them), plus
@@ -337,6 +463,15 @@ class Lora(Adapter[LoraOptionsT]):
             ]
             if opts.use_dora:
                 trainable.append(TrainedTensor(f"{module}.lora_magnitude", (out,), 4, added=True))
+        for name, shape in base.tensors.items():  # target_parameters: r per expert on each side
+            if opts.target_parameters and any(
+                name == t or name.endswith("." + t) for t in opts.target_parameters
+            ):
+                rank = opts.r * (shape[0] if len(shape) >= 3 else 1)
+                trainable += [
+                    TrainedTensor(f"{name}.lora_A", (rank, shape[-1]), 4, added=True),
+                    TrainedTensor(f"{name}.lora_B", (shape[-2], rank), 4, added=True),
+                ]
         saved = list(opts.modules_to_save or [])
         if opts.unfrozen_parameters:
             saved += _header_unfrozen(opts, base, self.quantized_bits())[0]
@@ -349,20 +484,78 @@ class Lora(Adapter[LoraOptionsT]):
                 trainable.append(TrainedTensor(name, shape, base.dtype_bytes))
             if any(module == m or module.endswith("." + m) for m in saved):
                 trainable.append(TrainedTensor(name, shape, copy_bytes, added=True))  # a trainable copy
-        notes = [] if targeted else ["no linear layer matches target_modules"]
+        notes = [] if targeted or opts.target_parameters else ["no linear layer matches target_modules"]
         return Training(trainable, self.base_weight_bytes(base, config), notes)
 
     def prepare_model(self, model: Any, config: TrainConfig) -> Any:
         opts = self.options
-        if opts.load_in_8bit:
+        self._prepare_experts(model, config)
+        if self.quantized_bits():
             from peft import prepare_model_for_kbit_training
 
+            # Freezes the base, upcasts the non-quantized layers (norms, embeddings) to float32 and, with
+            # gradient checkpointing, makes the inputs require grad so the adapters still get gradients.
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=config.gradient_checkpointing
             )
         if opts.unfrozen_parameters:
             self._unfreeze(model)
         return model
+
+    def expert_quantization(self, config: TrainConfig) -> dict[str, Any]:
+        """How the experts are quantized (quantize_moe_experts, linearized experts): 8 bits under lora."""
+        return {"bits": 8}
+
+    def _prepare_experts(self, model: Any, config: TrainConfig) -> None:
+        """llama4_linearized_experts, quantize_moe_experts and the target_parameters check, on the
+        loaded model before PEFT wraps it; a setting that finds nothing to act on is an error."""
+        from plugins.adapters import moe_experts
+
+        opts = self.options
+        problems: list[Problem] = []
+        quant = self.expert_quantization(config) if self.quantized_bits() else None
+        if opts.llama4_linearized_experts:
+            info = describe_base_model(config.base_model)  # downloaded by now: the validate-time check again
+            if info is not None and any(LINEARIZED_KEY.search(name) for name in info.tensors):
+                message = "the checkpoint already holds linearized experts, which the load left out"
+                raise ConfigErrors([Problem(("adapter", "llama4_linearized_experts"), message)])
+            if not moe_experts.linearize_llama4(model):
+                problems.append(
+                    Problem(
+                        ("adapter", "llama4_linearized_experts"),
+                        f"{type(model).__name__} has no Llama 4 fused experts (Llama4TextExperts) to "
+                        "linearize",
+                    )
+                )
+            elif quant is not None and quant["bits"] == 4:
+                args = {k: quant[k] for k in ("quant_type", "double_quant", "compute_dtype", "storage")}
+                moe_experts.quantize_linears_4bit(model, ".experts.", **args)
+        if opts.quantize_moe_experts and quant is not None:
+            args = {k: quant[k] for k in ("quant_type", "double_quant") if k in quant}
+            if not moe_experts.quantize_experts(model, quant["bits"], **args):
+                problems.append(
+                    Problem(
+                        ("adapter", "quantize_moe_experts"),
+                        f"{type(model).__name__} has no expert weights to quantize (3D parameters under a "
+                        "module named *expert*): its experts, if any, are linear layers, which the quantized "
+                        "load handles already",
+                    )
+                )
+        if opts.target_parameters and not problems:
+            names = moe_experts.parameter_names(model)
+            for target in moe_experts.unmatched_parameters(list(opts.target_parameters), names):
+                experts = sorted(
+                    {".".join(n.split(".")[-2:]) for n in names if moe_experts.EXPERT_MODULE.search(n)}
+                )
+                problems.append(
+                    Problem(
+                        ("adapter", "target_parameters"),
+                        f"'{target}' names no parameter of {type(model).__name__} (a full name or its last "
+                        f"dotted parts); its expert parameters: {', '.join(experts[:12]) or 'none'}",
+                    )
+                )
+        if problems:
+            raise ConfigErrors(problems)
 
     def _unfreeze(self, model: Any) -> None:
         """unfrozen_parameters on the loaded model (before PEFT wraps it): the owning modules join the

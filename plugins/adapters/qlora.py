@@ -129,7 +129,9 @@ class QLora(Lora[QLoraOptions]):
         double quantization one 8-bit absmax per 64 plus one fp32 per 64*256 (0.0159); every other
         weight as kbit_base_bytes says (fp32)."""
         per_value = 0.5 + (1 / 64 + 4 / (64 * 256) if self.options.double_quant else 4 / 64)
-        return kbit_base_bytes(base, lambda shape: math.prod(shape) * per_value)
+        return kbit_base_bytes(
+            base, lambda shape: math.prod(shape) * per_value, self.options.quantize_moe_experts
+        )
 
     def bnb_config(self, config: TrainConfig) -> Any:
         import torch
@@ -154,12 +156,15 @@ class QLora(Lora[QLoraOptions]):
             contribution.trainable_dtype = "float32"  # TRL casts them to bfloat16
         return contribution
 
-    def prepare_model(self, model: Any, config: TrainConfig) -> Any:
-        from peft import prepare_model_for_kbit_training
+    def expert_quantization(self, config: TrainConfig) -> dict[str, Any]:
+        """The experts (quantize_moe_experts, linearized experts) in 4 bits, as the linear layers."""
+        import torch
 
-        # Freezes the base, upcasts the non-quantized layers (norms, embeddings) to float32 and, with
-        # gradient checkpointing, makes the inputs require grad so the adapters still get gradients.
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
-        )
-        return super().prepare_model(model, config)
+        opts = self.options
+        return {
+            "bits": 4,
+            "quant_type": opts.quant_type,
+            "double_quant": opts.double_quant,
+            "compute_dtype": getattr(torch, resolved_compute_dtype(opts, config)),
+            "storage": getattr(torch, resolved_quant_storage(opts, config)),
+        }

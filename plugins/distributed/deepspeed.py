@@ -24,6 +24,7 @@ offloaded weights (slower than CPU Adam, but the training the config asks for, n
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Literal
 
 from pydantic import Field
@@ -112,10 +113,17 @@ class DeepSpeed(Launched[DeepSpeedOptions]):
             problems.append(
                 ("stage", "ZeRO-3 cannot partition an 8-bit (load_in_8bit) base model: use stage 2")
             )
-        if opts.config_file is not None:
+        if opts.config_file is not None and os.path.exists(str(opts.config_file)):
             problem = _config_file_problem(opts.config_file)
             if problem:
                 problems.append(("config_file", problem))
+        return problems
+
+    def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
+        problems = super().check_machine(config)
+        path = self.options.config_file
+        if path is not None and not os.path.exists(str(path)):  # the training machine's file
+            problems.append(("config_file", f"{path} does not exist"))
         return problems
 
     def deepspeed_config_file(self) -> dict[str, Any]:

@@ -9,9 +9,14 @@
       cpu_offload: false
       activation_checkpointing: false
       checkpoint_state_dict: sharded   # checkpoints: sharded (fast) or full; the final save is always full
+      cpu_ram_efficient_loading: false # only process 0 reads the checkpoint; FSDP copies its weights
 
 Every process holds a shard of the weights, gradients and optimizer state. The final model is saved
 consolidated, as one ordinary safetensors model (or PEFT adapter) that `from_pretrained` loads.
+
+With `cpu_ram_efficient_loading` only process 0 reads the weights into CPU RAM; the others build the
+model on the meta device (trainer.runtime.meta_loading) and receive process 0's weights when FSDP
+shards the model (FSDP2: accelerate broadcasts them; FSDP1: sync_module_states, which needs a GPU).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.distributed.launch import Launched, LaunchOptions, adapter_name, has_cuda
+from plugins.distributed.launch import Launched, LaunchOptions, adapter, adapter_name, has_cuda
 from trainer.api import Contribution, Sharding, TrainConfig
 
 
@@ -42,6 +47,11 @@ class FsdpOptions(LaunchOptions):
     )
     checkpoint_state_dict: Literal["sharded", "full"] = Field(
         "sharded", description="Checkpoints as per-process shards or one full state dict on rank 0"
+    )
+    cpu_ram_efficient_loading: bool = Field(
+        False,
+        description="Only process 0 reads the checkpoint; the others build the model on the meta device "
+        "and get process 0's weights when FSDP shards it (full-precision base, sft)",
     )
 
 
@@ -74,6 +84,8 @@ class Fsdp(Launched[FsdpOptions]):
             problems.append(
                 ("activation_checkpointing", "set this or the top-level gradient_checkpointing, not both")
             )
+        if self.options.cpu_ram_efficient_loading:
+            problems += [("cpu_ram_efficient_loading", p) for p in meta_loading_problems(config)]
         return problems
 
     def check_machine(self, config: TrainConfig) -> list[str | tuple[str, str]]:
@@ -92,6 +104,14 @@ class Fsdp(Launched[FsdpOptions]):
                     "checkpoint_state_dict",
                     "'full' needs a GPU under FSDP1 (PyTorch's FSDP1 full-state-dict gather crashes on CPU "
                     "tensors, SIGSEGV): use 'sharded', or version: 2",
+                )
+            )
+        if self.options.version == 1 and self.options.cpu_ram_efficient_loading:
+            problems.append(
+                (
+                    "cpu_ram_efficient_loading",
+                    "FSDP1 copies process 0's weights to the others with sync_module_states, which "
+                    "accelerate runs only on a GPU: use version: 2, or set cpu_ram_efficient_loading: false",
                 )
             )
         if self.options.cpu_offload:
@@ -138,9 +158,48 @@ class Fsdp(Launched[FsdpOptions]):
             config["reshard_after_forward"] = opts.sharding
             # Broadcasting rank 0's weights needs a GPU in accelerate; every process loads them itself.
             config["sync_module_states"] = has_cuda()
+        if opts.cpu_ram_efficient_loading:
+            config["cpu_ram_efficient_loading"] = True
         if opts.wrap_layer:
             config["transformer_layer_cls_to_wrap"] = list(opts.wrap_layer)
         return config
 
     def contribute(self, config: TrainConfig) -> Contribution:
-        return Contribution(sft_args={"fsdp": True, "fsdp_config": self.fsdp_config()})
+        return Contribution(
+            sft_args={"fsdp": True, "fsdp_config": self.fsdp_config()},
+            weights_from_process_0=self.options.cpu_ram_efficient_loading,
+        )
+
+
+READS_BASE_WEIGHTS = ("pissa", "olora", "loftq")
+"""LoRA inits computed from the base weights, which the other processes do not have when they build
+the adapter."""
+
+
+def meta_loading_problems(config: TrainConfig) -> list[str]:
+    """Why the processes other than 0 cannot build this run's model without its weights."""
+    problems = []
+    chosen = adapter(config)
+    options = chosen.options if chosen is not None else None
+    if (
+        adapter_name(config) == "qlora"
+        or getattr(options, "load_in_8bit", False)
+        or config.model_quantization_config is not None
+    ):
+        problems.append(
+            "needs a full-precision base: a quantized one is quantized by every process as it loads "
+            "the weights, and accelerate copies only unquantized weights from process 0"
+        )
+    init = getattr(options, "init", None)
+    if init in READS_BASE_WEIGHTS:
+        problems.append(
+            f"the adapter's init ({init}) is computed from the base weights, which only process 0 "
+            "reads: use init: default or gaussian"
+        )
+    method = config.plugin("method")
+    if method is not None and method.name != "sft":
+        problems.append(
+            f"method '{method.name}' builds its trainer (and reference model) in ways that need the "
+            "weights in every process: use it with cpu_ram_efficient_loading: false"
+        )
+    return problems

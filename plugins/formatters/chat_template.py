@@ -11,9 +11,21 @@
         chat_template: jinja
         chat_template_jinja: "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
         eot_tokens: ["<|end|>"]           # default: found in a probe render (tokenizer_default, jinja)
+      - path: data/reasoning.jsonl        # assistant messages with {"thinking": "..."} beside content
+        type: chat_template
+        chat_template: qwen3
+        field_thinking: thinking          # passed to the template as reasoning_content
 
-Built-in templates: chatml, llama3, mistral, gemma, phi3, qwen. The template used (built-in or
-jinja) is set on the tokenizer, so it is saved with the trained model.
+Built-in templates: chatml, llama3, mistral, gemma, phi3, qwen, and every template Axolotl ships,
+under Axolotl's name (gemma3, gemma4, llama4, qwen3, qwen3_5, qwen_25, mistral_v7_tekken, phi_4,
+deepseek_v3, command_a, ...; see chat_templates.py). The template used (built-in or jinja) is set on
+the tokenizer, so it is saved with the trained model.
+
+Reasoning: a message's `field_thinking` value (default: its `template_thinking_key`, i.e.
+`reasoning_content`) reaches the template as `template_thinking_key`. It is part of the turn, as in
+Axolotl: a trained message trains from where its reasoning's rendering starts (e.g. after `<think>`
+when the template writes that tag anyway) to the end of its content, the text between included;
+templates that drop the reasoning of earlier turns (qwen3) train only those turns' contents.
 
 A row is rendered once with the template (exactly what `tokenizer.apply_chat_template` gives),
 then the content of each trained message is located in that text: the conversation is rendered
@@ -39,7 +51,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from plugins.formatters.chat_templates import BUILTIN_TEMPLATES
+from plugins.formatters.chat_templates import BUILTIN_TEMPLATES, DETECT
 from trainer.api import Formatter, Options, RowError, Segment, did_you_mean
 
 TOKENIZER_DEFAULT = "tokenizer_default"
@@ -71,7 +83,8 @@ class ChatTemplateOptions(Options):
     chat_template: str = Field(
         TOKENIZER_DEFAULT,
         description="tokenizer_default (the tokenizer's own), a built-in (chatml, llama3, mistral, gemma, "
-        "phi3, qwen), or jinja (with chat_template_jinja)",
+        "phi3, qwen, or any of Axolotl's template names: gemma3, llama4, qwen3, ...), or jinja (with "
+        "chat_template_jinja)",
     )
     chat_template_jinja: str | None = Field(
         None, description="The Jinja template source, when chat_template is jinja"
@@ -83,6 +96,16 @@ class ChatTemplateOptions(Options):
     )
     system_prompt: str | None = Field(
         None, description="Inserted as the first message (role system) of conversations that have none"
+    )
+    field_thinking: str | None = Field(
+        None,
+        description="Message key holding the reasoning text (default: template_thinking_key); it is "
+        "passed to the template as template_thinking_key and trained with its message",
+    )
+    template_thinking_key: str = Field(
+        "reasoning_content",
+        description="The message key the chat template reads the reasoning from (reasoning_content for "
+        "Qwen3 and DeepSeek, thinking for gpt-oss)",
     )
 
 
@@ -135,12 +158,13 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
         self._template_vars = dict(tokenizer.special_tokens_map)
         if opts.eot_tokens is not None:
             eot = list(opts.eot_tokens)
-        elif builtin is not None:
+        elif builtin is not None and builtin.eot != DETECT:
             marker = builtin.eot if builtin.eot is not None else tokenizer.eos_token
             eot = [marker] if marker else []
         else:
             eot = self._detect_eot()
-        if not eot and opts.train_on_eos != "none":
+        markerless = builtin is not None and builtin.eot == "" and opts.eot_tokens is None
+        if not eot and opts.train_on_eos != "none" and not markerless:
             raise ValueError(
                 "could not find the end-of-turn marker of the chat template (in a probe render, no special "
                 "token follows the answer, or the answer is not rendered verbatim); set eot_tokens, or "
@@ -200,7 +224,7 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
                     field=fields[i] or opts.field_messages,
                 )
 
-        train_spans = [spans[i] for i in trained]
+        train_spans = [(self._turn_start(full, messages, i, spans[i][0]), spans[i][1]) for i in trained]
         eos_from: list[int]
         if opts.train_on_eos == "turn":
             eos_from = trained
@@ -268,6 +292,17 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
             for key, data_key in extra:
                 if (value := item.get(data_key)) is not None:
                     message[key] = value
+            thinking_key = opts.template_thinking_key
+            if thinking_key not in message:
+                source_key = opts.field_thinking or thinking_key
+                thinking = item.get(source_key)
+                if thinking is not None and not isinstance(thinking, str):
+                    raise RowError(
+                        f"{where}.{source_key} must be a string, got {type(thinking).__name__}",
+                        field=f"{where}.{source_key}",
+                    )
+                if thinking is not None:
+                    message[thinking_key] = thinking
             if train:
                 trained.append(len(messages))
             messages.append(message)
@@ -328,6 +363,23 @@ class ChatTemplate(Formatter[ChatTemplateOptionsT]):
             else:
                 return None
         return spans
+
+    def _turn_start(self, full: str, messages: list[dict[str, Any]], i: int, content_start: int) -> int:
+        """Where message i's trained text starts: its content, or before it the rendering of its
+        reasoning (Axolotl's turn: where the render parts from one without the reasoning and with a
+        sentinel content)."""
+        key = self.options.template_thinking_key
+        if messages[i].get(key) is None:
+            return content_start
+        sentinel = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in full)
+        probe = list(messages)
+        probe[i] = {k: v for k, v in messages[i].items() if k != key}
+        probe[i]["content"] = sentinel + "sentinel"
+        try:
+            other = self._render(probe)
+        except Exception:
+            return content_start
+        return min(_common_prefix(full, other), content_start)
 
     def _locate_one(self, full: str, messages: list[dict[str, Any]], i: int) -> tuple[int, int] | None:
         """Render with only message i's content replaced by a sentinel that shares no character with

@@ -1,20 +1,31 @@
 """Built-in chat templates for the `chat_template` formatter, written after each model family's
 published `tokenizer_config.json` template (string content only; no images).
 
+Besides these, every chat template Axolotl ships by name is a built-in under Axolotl's name
+(gemma3, llama4, qwen3, mistral_v7_tekken, ...): the Jinja files in `templates/`, copied unchanged
+from Axolotl 0.21.0 (Apache-2.0, see templates/NOTICE). Templates written for images or tools
+render string contents as text.
+
 Each entry is the Jinja source and the end-of-turn marker the template writes after a message
-(`None`: the tokenizer's `eos_token`, resolved when the formatter is prepared). `bos_token` and
-`eos_token` in a template are the tokenizer's own, as in `tokenizer.apply_chat_template`.
+(`None`: the tokenizer's `eos_token`, resolved when the formatter is prepared; `DETECT`: found by the
+formatter's probe render; `""`: the template writes none). `bos_token` and `eos_token` in a template
+are the tokenizer's own, as in `tokenizer.apply_chat_template`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
+
+DETECT = "\0detect"
+"""`BuiltinTemplate.eot` value: the marker is the special token the probe render finds after an answer."""
 
 
 class BuiltinTemplate(NamedTuple):
     source: str
     eot: str | None
-    """The end-of-turn marker written after a message; None means the tokenizer's eos_token."""
+    """The end-of-turn marker written after a message: None means the tokenizer's eos_token, DETECT
+    the special token a probe render finds, "" none."""
 
 
 # ChatML (OpenAI, used by many fine-tunes): no BOS, `<|im_start|>role\n ... <|im_end|>\n`.
@@ -178,3 +189,33 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
     "qwen": BuiltinTemplate(QWEN, "<|im_end|>"),
 }
 """Built-in template name -> (Jinja source, end-of-turn marker)."""
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+
+FILE_EOT: dict[str, str | None] = {
+    "alpaca": None, "aya": "<|END_OF_TURN_TOKEN|>", "cohere": "<|END_OF_TURN_TOKEN|>",
+    "command_a": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "command_a_rag": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "command_a_tool_use": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "deepseek_v2": None, "deepseek_v3": "<\uff5cend\u2581of\u2581sentence\uff5c>", "exaone": "[|endofturn|]",
+    "exaone4": "[|endofturn|]", "falcon_h1": "<|im_end|>", "gemma3": "<end_of_turn>",
+    "gemma3n": "<end_of_turn>", "gemma4": "<turn|>", "gemma4_unified": "<turn|>", "jamba": "<|eom|>",
+    "llama3_2_vision": "<|eot_id|>", "llama4": "<|eot|>", "llava": "", "metharme": None,
+    "mistral_v1": None, "mistral_v2v3": None, "mistral_v3_tekken": None, "mistral_v7_tekken": None,
+    "nemotron_h": "<|im_end|>", "phi_3": "<|end|>", "phi_35": "<|end|>", "phi_4": "<|im_end|>",
+    "pixtral": None, "qwen2_vl": "<|im_end|>", "qwen3": "<|im_end|>", "qwen3_5": "<|im_end|>",
+    "qwen_25": "<|im_end|>",
+}  # fmt: skip
+"""The end-of-turn marker of each template file, read off its text (command_a: the response's end
+and the turn's, both trained; llava: none; metharme: eos_token after the last answer only). A file
+not listed gets DETECT."""
+
+
+def _load_files() -> None:
+    for path in sorted(TEMPLATE_DIR.glob("*.jinja")):
+        if path.stem not in BUILTIN_TEMPLATES:
+            source = path.read_text(encoding="utf-8")
+            BUILTIN_TEMPLATES[path.stem] = BuiltinTemplate(source, FILE_EOT.get(path.stem, DETECT))
+
+
+_load_files()

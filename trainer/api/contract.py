@@ -44,6 +44,10 @@ class Contribution:
       float32 or fp16 run)
     - convert_initialised_adapter: the PEFT adapter's init rewrote the targeted base weights (PiSSA,
       OLoRA): the final save converts it to a plain adapter that loads on the original base
+    - weights_from_process_0: the distributed backend copies process 0's weights into every
+      process when it shards the model (FSDP's cpu_ram_efficient_loading): only process 0 reads the
+      checkpoint, the others build the model from its config on the meta device
+      (trainer.runtime.meta_loading)
     """
 
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +57,7 @@ class Contribution:
     data_collator: Any = None
     trainable_dtype: str | None = None
     convert_initialised_adapter: bool = False
+    weights_from_process_0: bool = False
 
 
 OptionsT = TypeVar("OptionsT", bound=Options)

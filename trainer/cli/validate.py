@@ -80,7 +80,7 @@ def skipped_lines(resolved: Resolved) -> list[str]:
     count = len(resolved.skipped)
     return [
         f"skipped on this machine ({count} machine check{'s' if count != 1 else ''} failing here, "
-        "about its GPU or installed packages; train checks them where it runs):",
+        "about its GPU, installed packages or files; train checks them where it runs):",
         *(f"  {problem.render()}" for problem in resolved.skipped),
     ]
 
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         SKIP_FLAG,
         action="store_true",
-        help="check the config alone: what this machine lacks (a GPU, a GPU package) is printed as notes "
-        "instead of errors",
+        help="check the config alone: what this machine lacks (a GPU, a GPU package, a local model or "
+        "data file the training machine has) is printed as notes instead of errors",
     )
     args = parser.parse_intermixed_args(argv)
     try:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if machine:
             which = "are machine checks" if machine != 1 else "is a machine check"
             err.header.append(
-                f"({machine} of the errors below {which}: this machine's GPU or installed packages, not the "
+                f"({machine} of the errors below {which}: this machine's GPU, packages or files, not the "
                 f"config; {SKIP_FLAG} checks the config alone)"
             )
         raise

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 
 from trainer.config.kinds import LIST_PLUGIN_FIELDS, PLUGIN_FIELDS, PLUGIN_KINDS
+from trainer.config.loading import QUANTIZATION_CONFIGS
 from trainer.config.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 
 __all__ = ["LIST_PLUGIN_FIELDS", "PLUGIN_FIELDS"]  # re-exported: the kind table's config keys
@@ -19,6 +20,9 @@ __all__ = ["LIST_PLUGIN_FIELDS", "PLUGIN_FIELDS"]  # re-exported: the kind table
 OPTIMIZERS = tuple(OPTIMIZER_TABLE)
 """transformers' OptimizerNames values, from trainer/config/optimizers.py (a test keeps them equal to
 the enum)."""
+
+QUANTIZATION_NAMES = tuple(QUANTIZATION_CONFIGS)
+"""transformers quantization config classes `model_quantization_config` names."""
 
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -80,6 +84,36 @@ class SpecialTokens(Strict):
     mask_token: str | None = None
 
 
+QAT_DTYPES = ("int4", "int8", "fp8", "nvfp4", "mxfp4")
+"""The number formats `qat:` fake-quantizes to (torchao's QAT; trainer.resolve.qat has the pairs)."""
+QatDtype = Literal["int4", "int8", "fp8", "nvfp4", "mxfp4"]
+
+
+class Qat(Strict):
+    """Quantization-aware training: torchao fake-quantizes the linear layers' weights (and
+    activations) in the forward pass, so the model learns weights that survive real quantization
+    later. The saved model is an ordinary full-precision one (docs/qat.md)."""
+
+    weight_dtype: QatDtype = Field(description="Format the weights are fake-quantized to")
+    activation_dtype: QatDtype | None = Field(
+        None, description="Format the linear layers' inputs are fake-quantized to (null: weights only)"
+    )
+    group_size: int | None = Field(
+        None,
+        gt=0,
+        description="Weights per quantization scale (default: int4/int8 32, fp8+int4 128, nvfp4 16, "
+        "mxfp4 32; fp8 weights are scaled per row and take none)",
+    )
+    quantize_embedding: bool = Field(
+        False, description="Fake-quantize the input embeddings' weights too (int4/int8 weights)"
+    )
+    fake_quant_after_n_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Train the first N optimizer steps without fake quantization, then switch it on",
+    )
+
+
 class TrainConfig(Strict):
     """The whole config file."""
 
@@ -96,6 +130,34 @@ class TrainConfig(Strict):
         None,
         description="New tokens to add to the tokenizer (each kept whole); the embeddings grow and the "
         "new rows train (under LoRA too)",
+    )
+    pad_vocab_to_multiple_of: int | None = Field(
+        None,
+        gt=0,
+        description="When tokens are added, grow the embeddings to a multiple of this many rows (e.g. 32 or "
+        "64, Axolotl's resize_token_embeddings_to_32x); the extra rows belong to no token",
+    )
+    tokenizer_legacy: bool | None = Field(
+        None,
+        description="The tokenizer's `legacy` flag (SentencePiece tokenizers built from a .model file: how "
+        "text after a special token is split); default: the tokenizer's own",
+    )
+    overrides_of_model_config: dict[str, Any] | None = Field(
+        None,
+        validation_alias=AliasChoices("overrides_of_model_config", "model_config"),
+        description="Values set on the model's config before its weights load, e.g. {rope_theta: 50000, "
+        "max_position_embeddings: 8192}; each key must be one of the config's own (Axolotl's "
+        "model_config). Saved with the model",
+    )
+    model_quantization_config: Literal[QUANTIZATION_NAMES] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="Load a checkpoint stored in this transformers quantization format: Mxfp4Config "
+        "(gpt-oss) or FineGrainedFP8Config; with model_quantization_config_kwargs {dequantize: true} its "
+        "weights are unpacked to the training dtype",
+    )
+    model_quantization_config_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments of the model_quantization_config class, e.g. {dequantize: true}",
     )
     # data
     datasets: list[DatasetSpec] = Field(
@@ -148,6 +210,12 @@ class TrainConfig(Strict):
         False,
         description="Without packing: put examples of similar length in the same batches to cut padding",
     )
+    sampler: Literal["random", "sequential"] = Field(
+        "random",
+        description="Order of the training rows in each epoch: random (a new order every epoch, by seed) or "
+        "sequential (the prepared order, the same every epoch: with shuffle: false, the datasets' own "
+        "order, a curriculum; Axolotl's curriculum_sampling)",
+    )
     # batch and schedule
     micro_batch_size: int = Field(
         1, gt=0, description="Examples (packed rows with sample_packing) per device per forward pass"
@@ -177,6 +245,11 @@ class TrainConfig(Strict):
         "else off (decided when the run starts)",
     )
     gradient_checkpointing: bool = False
+    qat: Qat | None = Field(
+        None,
+        description="Quantization-aware training with torchao fake quantization: {weight_dtype: int4, "
+        "activation_dtype: int8, group_size: 32}; the saved model stays full precision",
+    )
     neftune_noise_alpha: float | None = Field(
         None, gt=0, description="NEFTune: uniform noise of this scale on the input embeddings in training"
     )

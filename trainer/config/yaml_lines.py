@@ -60,6 +60,8 @@ class SourceMap:
     file: str
     lines: dict[Path, int] = field(default_factory=dict)
     overrides: dict[Path, str] = field(default_factory=dict)
+    duplicates: list[tuple[Path, int, int]] = field(default_factory=list)
+    """Keys written twice, when the file was read with `last_wins`: (path, first line, last line)."""
 
     def where(self, path: Path) -> str:
         """The most specific known location of `path` (or of its nearest parent)."""
@@ -83,8 +85,10 @@ class YamlSyntaxError(Exception):
 class _Builder:
     """Plain data from a composed node tree, recording the line of every path on the way."""
 
-    def __init__(self, loader: Loader, lines: dict[Path, int]):
+    def __init__(self, loader: Loader, lines: dict[Path, int], duplicates: list[Any] | None = None):
         self.loader, self.lines = loader, lines
+        self.duplicates = duplicates
+        """None: a key written twice is an error; a list: the last value wins and it is recorded."""
         self.ancestors: set[int] = set()
         self.count = 0
 
@@ -124,9 +128,11 @@ class _Builder:
                 merged.append(value_node)
                 continue
             key = self.key(key_node)
-            if key in out:
-                raise YamlSyntaxError("", _line(key_node), f"duplicate key '{key}'")
             child = (*path, key)
+            if key in out:
+                if self.duplicates is None:
+                    raise YamlSyntaxError("", _line(key_node), f"duplicate key '{key}'")
+                self.duplicates.append((child, self.lines.get(child, 0), _line(key_node)))
             out[key] = self.build(value_node, child)
             self.lines[child] = _line(key_node)
         # `<<: *defaults` (YAML merge keys, as yaml.safe_load reads them): keys set here win, then
@@ -170,23 +176,25 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-def load_yaml_text(text: str, file: str) -> tuple[Any, SourceMap]:
-    """Parse YAML text into plain data and a SourceMap of line numbers (an empty file is `{}`)."""
+def load_yaml_text(text: str, file: str, last_wins: bool = False) -> tuple[Any, SourceMap]:
+    """Parse YAML text into plain data and a SourceMap of line numbers (an empty file is `{}`).
+    A key written twice in one mapping is an error, or with `last_wins` (how `yaml.safe_load` reads
+    it) the last value, recorded in `SourceMap.duplicates`."""
     source = SourceMap(file=file)
-    data = _parse(text, file, source.lines)
+    data = _parse(text, file, source.lines, source.duplicates if last_wins else None)
     return ({} if data is _EMPTY else data), source
 
 
 _EMPTY = object()
 
 
-def _parse(text: str, file: str, lines: dict[Path, int]) -> Any:
+def _parse(text: str, file: str, lines: dict[Path, int], duplicates: list[Any] | None = None) -> Any:
     """The document's data (_EMPTY when there is none), recording lines; raises YamlSyntaxError."""
     loader: Loader | None = None
     try:
         loader = Loader(text)
         node = loader.get_single_node()
-        data = _EMPTY if node is None else _Builder(loader, lines).build(node, ())
+        data = _EMPTY if node is None else _Builder(loader, lines, duplicates).build(node, ())
     except YamlSyntaxError as err:
         raise YamlSyntaxError(file, err.line, err.message) from None
     except yaml.MarkedYAMLError as err:
@@ -218,8 +226,8 @@ def load_value(text: str) -> Any:
     return None if data is _EMPTY else data
 
 
-def load_yaml(path: str) -> tuple[Any, SourceMap]:
-    """Read and parse a YAML file, keeping line numbers."""
+def load_yaml(path: str, last_wins: bool = False) -> tuple[Any, SourceMap]:
+    """Read and parse a YAML file, keeping line numbers (`last_wins`: see load_yaml_text)."""
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
@@ -232,4 +240,4 @@ def load_yaml(path: str) -> tuple[Any, SourceMap]:
             line,
             f"not UTF-8 text: byte 0x{raw[err.start]:02x} at column {column} (save the file as UTF-8)",
         ) from None
-    return load_yaml_text(text, path)
+    return load_yaml_text(text, path, last_wins)

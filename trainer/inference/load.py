@@ -275,6 +275,20 @@ def _quantization(source: Source, quantize: bool) -> tuple[Any, str | None]:
     return kwargs.get("quantization_config"), None
 
 
+def _overridden_config(base_model: str, overrides: dict[str, Any], remote: bool) -> Any:
+    from transformers import AutoConfig
+
+    from trainer.config.errors import ConfigErrors
+    from trainer.config.loading import apply_overrides
+
+    try:
+        loaded = AutoConfig.from_pretrained(base_model, trust_remote_code=remote)
+        apply_overrides(loaded, overrides)
+    except (OSError, ValueError, ConfigErrors) as err:
+        raise LoadError(f"cannot set the run's overrides_of_model_config on '{base_model}': {err}") from None
+    return loaded
+
+
 def _embedding_rows(folder: str) -> int | None:
     """Rows of a full embedding / output matrix saved with the adapter (a run that added tokens)."""
     from trainer.outputs.adapter_files import embedding_rows
@@ -364,6 +378,9 @@ def load(
             if target.type != "cpu":
                 kwargs["device_map"] = {"": target.index or 0}
     weights_from = str(source.base_model) if source.kind == "adapter" else source.path
+    overrides = (source.resolved or {}).get("overrides_of_model_config")
+    if source.kind == "adapter" and overrides:  # the run trained its base with these on its config
+        kwargs["config"] = _overridden_config(weights_from, overrides, remote)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(weights_from, trust_remote_code=remote, **kwargs)
     except (OSError, ValueError) as err:

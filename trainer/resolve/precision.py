@@ -16,8 +16,9 @@ What each flag does on this hardware (torch 2.13, transformers 5.x, accelerate 1
 - bf16 on CPU works: accelerate runs the forward pass under torch.autocast("cpu", bfloat16), native
   on CPUs with AVX512-BF16/AMX and emulated (slower) elsewhere. On CUDA it needs bf16 support
   (Ampere or newer), else transformers refuses it.
-- `bf16: auto` is Axolotl's: bf16 where a GPU computes in it natively, else full precision (fp32) —
-  on a CPU too, where bf16 would be emulated autocast.
+- `bf16: auto` is Axolotl's: bf16 where a GPU computes in it natively; on a GPU without bf16, fp16
+  mixed precision (unless the config sets `fp16: false`); on a CPU full precision (fp32), where bf16
+  would be emulated autocast and fp16 does not run.
 - fp16 needs an accelerator (CUDA, XPU, MPS, ...): it is refused here on CPU.
 - tf32 needs an NVIDIA GPU of compute capability 8.0+ (Ampere) with a CUDA build of torch;
   `tf32: auto` turns it on exactly there.
@@ -281,6 +282,9 @@ def decide_auto(config: TrainConfig, machine: Machine | None = None) -> tuple[Tr
             said["bf16"] = f"auto -> on ({machine.describe()} computes in bf16)"
         elif machine.accelerator is None:
             said["bf16"] = "auto -> off (no GPU with bf16): training in fp32"
+        elif "fp16" not in config.model_fields_set:  # Axolotl's fallback: fp16 on a GPU without bf16
+            updates["fp16"] = True
+            said["bf16"] = f"auto -> off ({machine.describe()} has no bf16): fp16 mixed precision instead"
         else:
             said["bf16"] = f"auto -> off ({machine.describe()} has no bf16): training in fp32"
     if config.tf32 == "auto":

@@ -24,6 +24,7 @@ from trainer.api import Distributed, Plugin
 from trainer.api.resolved import Chosen, Resolved
 from trainer.config.axolotl_signs import convert_hint
 from trainer.config.errors import ConfigErrors, Path, Problem, did_you_mean
+from trainer.config.loading import override_problems, quantization_problems
 from trainer.config.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from trainer.config.overrides import apply_overrides
 from trainer.config.paths import looks_local
@@ -38,6 +39,7 @@ from trainer.config.schema import (
 )
 from trainer.config.yaml_lines import SourceMap, YamlSyntaxError, load_yaml
 from trainer.resolve.precision import Machine, check_processes, check_start
+from trainer.resolve.qat import qat_machine_problems, qat_problems
 from trainer.resolve.registry import PluginError, Registry, default_registry
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".arrow")
@@ -146,6 +148,7 @@ def resolve(
         problems += _reward_checks(chosen, registry)
         problems += _metric_checks(chosen, registry)
         problems += _eval_checks(chosen)
+        problems += qat_problems(config)
         every = _every_chosen(chosen)
         for one in every:
             problems += [_plugin_problem(one.path, found) for found in one.plugin.check(config)]
@@ -211,6 +214,7 @@ def machine_problems(
     ]
     if distributed is not None:
         problems += check_processes(processes_per_node(distributed), machine)
+    problems += qat_machine_problems(config, machine)
     for one in plugins:
         for found in [*one.plugin.missing_requirements(), *one.plugin.check_machine(config)]:
             problems.append(_plugin_problem(one.path, found, machine=True))
@@ -555,6 +559,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
 
     if c.warmup_ratio is not None and c.warmup_steps is not None:
         bad("warmup_steps", "set warmup_ratio or warmup_steps, not both")
+    problems += quantization_problems(c.model_quantization_config, c.model_quantization_config_kwargs)
+    problems += override_problems(c.overrides_of_model_config)
     if c.bf16 == "auto" and c.fp16:
         bad("fp16", "set bf16: auto or fp16, not both (auto turns bf16 on where the GPU has it)")
     elif c.bf16 and c.fp16:
@@ -603,6 +609,8 @@ def _cross_checks(c: TrainConfig) -> list[Problem]:
         bad("val_set_size", "set val_set_size or test_datasets, not both")
     if c.group_by_length and c.sample_packing:
         bad("group_by_length", "has nothing to group with sample_packing (packed rows are already full)")
+    if c.group_by_length and c.sampler == "sequential":
+        bad("sampler", "sequential keeps the rows in order, group_by_length reorders them by length: choose")
     if c.sample_packing and c.trainer_args.get("dataloader_persistent_workers"):
         problems.append(
             Problem(
@@ -714,6 +722,8 @@ def _method_checks(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]
     for key, why in SFT_ONLY.items():
         if getattr(config, key) not in (None, False):
             problems.append(Problem((key,), f"has no effect with method '{name}': {why}"))
+    if config.sampler == "sequential" and name == "grpo":
+        problems.append(Problem(("sampler",), "has no effect with method 'grpo': GRPO samples its prompts"))
     if getattr(config, "kernels", None):  # a key of the plugin-kind table (set on TrainConfig from it)
         problems.append(
             Problem(
@@ -814,7 +824,8 @@ def _check_paths(data: dict[str, Any]) -> list[Problem]:
         if not isinstance(name, str) or os.path.exists(os.path.expanduser(name)):
             return
         if is_file or looks_local(name):
-            problems.append(Problem(path, f"{what} '{name}' does not exist"))
+            # the file system is the machine's: a config written for a cluster names the cluster's paths
+            problems.append(Problem(path, f"{what} '{name}' does not exist", machine=True))
         elif offline and hub_model and not _in_hub_cache(name):
             problems.append(
                 Problem(
@@ -833,7 +844,8 @@ def _check_paths(data: dict[str, Any]) -> list[Problem]:
             path = spec.get("path") if isinstance(spec, dict) else None
             if isinstance(path, str) and glob.has_magic(path):
                 if not glob.glob(os.path.expanduser(path), recursive=True):
-                    problems.append(Problem((key, i, "path"), f"no file matches the pattern '{path}'"))
+                    message = f"no file matches the pattern '{path}'"
+                    problems.append(Problem((key, i, "path"), message, machine=True))
                 continue
             is_file = isinstance(path, str) and path.endswith(LOCAL_DATA_SUFFIXES)
             check((key, i, "path"), path, "dataset", is_file, hub_model=False)

@@ -19,6 +19,7 @@ from trainer.config.schema import TrainConfig
 from trainer.data.collate import PackedInputs
 from trainer.resolve.precision import Machine, accelerator_type, decide_auto
 from trainer.resolve.validate import config_fields, sft_config_fields
+from trainer.runtime import meta_loading, model_loading
 from trainer.runtime.launcher import CHECKED_ENV
 
 
@@ -53,6 +54,7 @@ def merge(contributions: list[tuple[str, Contribution]]) -> Merged:
         for key, value in part.sft_args.items():
             put(merged.sft_args, "sft_args", key, value, owner)
         merged.convert_initialised_adapter |= part.convert_initialised_adapter
+        merged.weights_from_process_0 |= part.weights_from_process_0
         for attr in ("peft_config", "data_collator", "trainable_dtype"):
             value = getattr(part, attr)
             if value is None:
@@ -127,6 +129,8 @@ def core_sft_args(config: TrainConfig) -> dict[str, Any]:
         args["neftune_noise_alpha"] = config.neftune_noise_alpha
     if config.group_by_length:
         args["train_sampling_strategy"] = "group_by_length"  # reads the `length` column
+    elif config.sampler == "sequential":
+        args["train_sampling_strategy"] = "sequential"
     if accelerator_type() is None:
         # Tell accelerate this is a CPU run. Without it, under torchrun on CPU accelerate starts a
         # gloo process group but treats the run as not distributed: no DDP wrapper, no gradient
@@ -234,7 +238,9 @@ def load_tokenizer_and_new_ids(config: TrainConfig) -> tuple[Any, list[int]]:
 
     warn_remote_code(config)
     tokenizer = AutoTokenizer.from_pretrained(
-        config.tokenizer or config.base_model, trust_remote_code=config.trust_remote_code
+        config.tokenizer or config.base_model,
+        trust_remote_code=config.trust_remote_code,
+        **model_loading.tokenizer_kwargs(config),
     )
     before = len(tokenizer)
 
@@ -273,20 +279,35 @@ def load_model(
     warn_remote_code(config)
     kwargs = {"dtype": "auto", **merged.model_kwargs}
     kwargs.pop("trust_remote_code", None)  # equal to the config's (check_remote_code)
+    kwargs.update(model_loading.load_kwargs(config, merged.model_kwargs))
     auto: Any = AutoModelForCausalLM
     if head == "sequence_classification":
         auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
-    model = auto.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
+    if meta_loading.reads_weights(merged.weights_from_process_0):
+        model = auto.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
+    else:  # the backend brings process 0's weights when it shards the model
+        model = meta_loading.empty_model(auto, config, kwargs)
     rows = int(model.get_input_embeddings().weight.shape[0])
-    if tokenizer is not None and len(tokenizer) > rows:
-        model.resize_token_embeddings(len(tokenizer))
+    multiple = config.pad_vocab_to_multiple_of
+    wanted = 0 if tokenizer is None else model_loading.embedding_rows(len(tokenizer), multiple)
+    if wanted > rows:
+        model.resize_token_embeddings(wanted)
     if head == "sequence_classification" and tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last real token
     if not for_training:
         model.eval()
         model.requires_grad_(False)
         return model
-    return adapter.prepare_model(model, config)
+    model = adapter.prepare_model(model, config)
+    if config.qat is not None:  # torchao's fake quantization in the linear layers (trainer.training.qat)
+        from trainer.training.qat import prepare
+
+        model = prepare(model, config.qat)
+    if merged.peft_config is not None:  # LoRA on parameters the adapter quantized in place (MoE experts)
+        from trainer.training.parametrized_lora import target_parametrized
+
+        target_parametrized(model, merged.peft_config)
+    return model
 
 
 def train_new_token_rows(model: Any, peft_config: Any, owner: str) -> None:
@@ -458,6 +479,10 @@ def run_features(config: TrainConfig, merged: Merged) -> dict[str, Any]:
         callbacks.append(peft_support.KeepTrainableDtype(merged.trainable_dtype))
     if merged.convert_initialised_adapter:
         callbacks.append(peft_support.ConvertToPlainAdapter())
+    if config.qat is not None and config.qat.fake_quant_after_n_steps:
+        from trainer.training.qat import FakeQuantAfter
+
+        callbacks.append(FakeQuantAfter(config.qat.fake_quant_after_n_steps))
     if config.early_stopping_patience is not None:
         from trainer.training.early_stopping import EarlyStopping
 
@@ -487,6 +512,7 @@ def finish(trainer: Any, adapter: Adapter, args: Any) -> tuple[int, int]:
     from trainer.outputs.run_report import PeakMemory, count_parameters
     from trainer.training.progress import TokenProgress
 
+    meta_loading.materialize_trainable(trainer.model)  # before any optimizer maps its parameters
     if trainer.pop_callback(ProgressCallback) is not None:  # ours adds tokens/s; none under disable_tqdm
         trainer.add_callback(TokenProgress())
     trainer.add_callback(PeakMemory())

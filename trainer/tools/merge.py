@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from trainer.api import Adapter
+from trainer.config.errors import ConfigErrors
+from trainer.config.loading import apply_overrides
 from trainer.config.paths import looks_local
 from trainer.outputs.adapter_files import describe_adapter, embedding_rows
 from trainer.outputs.output_dir import RESOLVED_NAME
@@ -235,11 +237,21 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     remote = info.trust_remote_code
+    head: dict[str, Any] = {}  # from_pretrained arguments: the run's config overrides, a score head
     tokenizer = AutoTokenizer.from_pretrained(str(info.run_dir), trust_remote_code=remote)
     try:
         base_config = AutoConfig.from_pretrained(info.base_model, trust_remote_code=remote)
     except (OSError, ValueError) as err:
         raise MergeError(f"cannot load the base model config '{info.base_model}': {err}") from None
+    overrides = info.resolved.get("overrides_of_model_config")
+    if overrides:  # the run trained the base with these set on its config
+        try:
+            apply_overrides(base_config, overrides)
+        except ConfigErrors as err:
+            raise MergeError(
+                f"the run's overrides_of_model_config do not fit '{info.base_model}': {err}"
+            ) from None
+        head["config"] = base_config
     if getattr(base_config, "quantization_config", None):
         raise MergeError(
             f"the base model '{info.base_model}' is a pre-quantized checkpoint; a merge needs the "
@@ -247,11 +259,10 @@ def merge(info: RunInfo, out: Path, dtype: str = "auto", log: Log = print) -> Me
         )
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     auto: Any = AutoModelForCausalLM
-    head: dict[str, Any] = {}
     if info.scores:  # a reward model (method: reward): the score head is saved with the adapter
         from transformers import AutoModelForSequenceClassification
 
-        auto, head = AutoModelForSequenceClassification, {"num_labels": info.scores}
+        auto, head["num_labels"] = AutoModelForSequenceClassification, info.scores
     try:
         model: Any = auto.from_pretrained(
             info.base_model, dtype=torch_dtype, trust_remote_code=remote, **head

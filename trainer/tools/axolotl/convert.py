@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from trainer.config.yaml_lines import SourceMap, load_yaml
+from trainer.tools.axolotl.alpaca_types import ALPACA_CHAT, instruction_options
 
 INVENTORY = Path(__file__).with_name("keys.yaml")
 
@@ -76,6 +77,7 @@ DEFAULTS_THAT_DIFFER = {  # written out when the Axolotl config leaves them unse
     "tf32": ("auto", "Axolotl's default tf32: auto"),
     "optimizer": ("adamw_torch_fused", "Axolotl's default optimizer"),
     "output_dir": ("./model-out", "Axolotl's default output_dir"),
+    "save_total_limit": (4, "Axolotl's default save_total_limit: it keeps the last 4 checkpoints"),
 }
 
 ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_3",
@@ -84,7 +86,9 @@ HUB_ATTENTION = (("flash-attn3", "flash_attention_3"), ("flash_attn3", "flash_at
                  ("flash-attn", "flash_attention_2"), ("flash_attn", "flash_attention_2"))  # fmt: skip
 """Hub kernels (`kernels-community/...`) named by attn_implementation: the same exact attention."""
 ATTENTION_SWITCHES = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa",
-                      "eager_attention": "eager", "flex_attention": "flex_attention"}  # fmt: skip
+                      "eager_attention": "eager", "flex_attention": "flex_attention",
+                      "xformers_attention": "sdpa"}  # fmt: skip
+"""xformers_attention: xformers computes exact attention, as sdpa does (speed differs)."""
 LIGER = {"liger_rms_norm": "rms_norm", "liger_rope": "rope", "liger_glu_activation": "swiglu",
          "liger_layer_norm": "layer_norm", "liger_cross_entropy": "cross_entropy"}  # fmt: skip
 TRACKERS = {  # Axolotl key -> (report_to, environment variable or None, or "run_name")
@@ -109,9 +113,29 @@ TRACKER_SWITCHES = {"wandb": "wandb_project", "trackio": "trackio_project_name",
 DATASET_TYPES = {"alpaca": "alpaca", "alpaca:instruct": "alpaca", "alpaca_instruct": "alpaca",
                  "chat_template": "chat_template", "completion": "completion",
                  "input_output": "input_output"}  # fmt: skip
-TEMPLATES = {"tokenizer_default": "tokenizer_default", "chatml": "chatml", "llama3": "llama3",
-             "jinja": "jinja"}  # fmt: skip
-"""Axolotl chat templates whose text ours reproduces (others: pass the Jinja with chat_template: jinja)."""
+TEMPLATES = {name: name for name in (
+    "tokenizer_default", "jinja", "alpaca", "aya", "chatml", "cohere", "command_a", "command_a_rag",
+    "command_a_tool_use", "deepseek_v2", "deepseek_v3", "exaone", "exaone4", "falcon_h1", "gemma", "gemma3",
+    "gemma3n", "gemma4", "gemma4_unified", "jamba", "llama3", "llama3_2_vision", "llama4", "llava",
+    "metharme", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "nemotron_h",
+    "phi_3", "phi_35", "phi_4", "pixtral", "qwen2_vl", "qwen3", "qwen3_5", "qwen_25")}  # fmt: skip
+"""Axolotl chat template name -> our built-in of the same name: Axolotl's Jinja file, shipped with the
+chat_template formatter (chatml and llama3: ours, which render string contents alike; gemma: see
+TEMPLATE_CAVEATS)."""
+TEMPLATE_CAVEATS = {
+    "gemma": "chat template gemma: ours (Gemma 3's text template) renders what Axolotl's does for "
+    "conversations without a system message; Axolotl's rejects one, ours puts it before the first user turn",
+}
+CHAT_TYPES = ("chat_template", "sharegpt")
+CHAT_ONLY_KEYS = (
+    "field_messages", "message_property_mappings", "message_field_role", "message_field_content",
+    "message_field_training", "message_field_training_detail", "roles", "roles_to_train", "train_on_eos",
+    "train_on_eot", "field_thinking", "template_thinking_key", "split_thinking", "field_tools",
+    "drop_system_message", "chat_template", "chat_template_jinja", "eot_tokens")  # fmt: skip
+"""Dataset options only Axolotl's chat_template type reads: another type ignores them."""
+UNKNOWN_DATASET_KEY = (
+    "not an Axolotl dataset option: Axolotl ignores unknown keys silently, so it had no effect there"
+)
 DATASET_SAME = {"path": "path", "split": "split", "name": "name", "data_files": "data_files",
                 "revision": "revision", "field_messages": "field_messages", "roles": "roles",
                 "roles_to_train": "roles_to_train", "train_on_eos": "train_on_eos",
@@ -123,10 +147,10 @@ GLOBAL_DATASET_KEYS = ("chat_template", "chat_template_jinja", "eot_tokens", "de
 LORA_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
              "lora_modules_to_save": "modules_to_save", "peft_use_dora": "use_dora",
              "peft_use_rslora": "use_rslora", "peft_layers_to_transform": "layers_to_transform",
-             "loraplus_lr_ratio": "loraplus_lr_ratio"}  # fmt: skip
-FSDP_MECHANICS = ("auto_wrap_policy", "sync_module_states", "use_orig_params", "cpu_ram_efficient_loading",
+             "loraplus_lr_ratio": "loraplus_lr_ratio", "lora_fan_in_fan_out": "fan_in_fan_out"}  # fmt: skip
+FSDP_MECHANICS = ("auto_wrap_policy", "sync_module_states", "use_orig_params",
                   "limit_all_gathers", "backward_prefetch", "forward_prefetch")  # fmt: skip
-"""fsdp_config keys about how wrapping and loading are done: no effect on what trains."""
+"""fsdp_config keys about how wrapping is done: no effect on what trains."""
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 MEMORY_ONLY_PLUGINS = {
     "axolotl.integrations.kernels.KernelsPlugin": (
@@ -271,7 +295,13 @@ class _Converter:
             self.distributed,
             self.datasets,
             self.tokens_and_resume,
+            self.sampling,
+            self.training_extras,
+            self.peft_extras,
+            self.moe_experts,
+            self.model_loading,
             self.optimizer_and_schedule,
+            self.qat,
             self.defaults,
         ):
             handler()
@@ -307,6 +337,8 @@ class _Converter:
     # ---- rules --------------------------------------------------------------------------------
 
     def simple_keys(self) -> None:
+        if self.given.get("group_by_length") and self.given.get("sample_packing"):
+            self.drop("group_by_length", "no effect: with sample_packing Axolotl's multipack sampler is used")
         for key, ours in SAME.items():
             if key not in self.given or key in self.done:
                 continue
@@ -704,15 +736,20 @@ class _Converter:
             self.refuse("fsdp_config", "both DeepSpeed and FSDP are set")
             return
         config = dict(config or {})
+        prefix = "fsdp_" if any(str(k).startswith("fsdp_") for k in config) else ""
         config = {k.removeprefix("fsdp_"): v for k, v in config.items()}
         block: dict[str, Any] = {"type": "fsdp"}
         version = version or config.pop("version", None) or 1
         config.pop("version", None)
         block["version"] = int(version)
         unsupported = []
+        efficient = False
         for key, value in config.items():
             if key == "offload_params":
                 block["cpu_offload"] = bool(value)
+            elif key == "activation_checkpointing" and value and self.given.get("gradient_checkpointing"):
+                note = "gradient_checkpointing already checkpoints the layers, and Axolotl then skips FSDP's"
+                self.drop("fsdp_config.activation_checkpointing", note, ("fsdp_config", f"{prefix}{key}"))
             elif key == "activation_checkpointing":
                 block["activation_checkpointing"] = bool(value)
             elif key == "transformer_layer_cls_to_wrap":
@@ -725,6 +762,8 @@ class _Converter:
                 block["sharding"] = "full_shard" if value else "shard_grad_op"
             elif key == "sharding_strategy":
                 block["sharding"] = str(value).lower()
+            elif key == "cpu_ram_efficient_loading":
+                efficient = bool(value)
             elif key in FSDP_MECHANICS:
                 continue  # how the wrapping/loading is done; no effect on what trains
             else:
@@ -737,13 +776,37 @@ class _Converter:
         if unsupported:
             self.refuse("fsdp_config", f"FSDP settings with no counterpart here: {', '.join(unsupported)}")
             return
-        for key in ("fsdp", "fsdp_config", "fsdp_version"):
+        loading = ""
+        if efficient:
+            blocker = self.meta_loading_blocker()
+            if blocker is None:
+                block["cpu_ram_efficient_loading"] = True
+            else:
+                loading = (
+                    f" (cpu_ram_efficient_loading dropped: {blocker}, so every process reads the "
+                    "checkpoint: more CPU RAM while loading, the same training)"
+                )
+        self._entry_if("fsdp_config", "-> distributed: fsdp" + loading)
+        for key in ("fsdp", "fsdp_version"):
             self._entry_if(key, "-> distributed: fsdp")
         self.put(
             ("distributed",),
             block,
             ", ".join(k for k in ("fsdp", "fsdp_config", "fsdp_version") if k in self.given),
         )
+
+    def meta_loading_blocker(self) -> str | None:
+        """Why the other processes could not build this run's model without its weights (the fsdp
+        plugin's rules for cpu_ram_efficient_loading), or None."""
+        adapter = self.out.config.get("adapter")
+        block = adapter if isinstance(adapter, dict) else {"type": adapter}
+        if block.get("type") == "qlora" or block.get("load_in_8bit") or self.has("model_quantization_config"):
+            return "ours needs a full-precision base for it"
+        if block.get("init") in ("pissa", "olora", "loftq"):
+            return f"the adapter's init ({block['init']}) is computed from the base weights"
+        if self.method not in (None, "sft"):
+            return f"ours runs it with method sft only, not {self.method}"
+        return None
 
     def datasets(self) -> None:
         for key in ("datasets", "test_datasets"):
@@ -786,15 +849,30 @@ class _Converter:
         ours_type = DATASET_TYPES.get(kind) if isinstance(kind, str) else None
         if kind is None:
             ours_type = "pretokenized"  # Axolotl reads rows without a type as already tokenized
+        instruction, why_not = instruction_options(kind, entry)  # alpaca:phi, alpaca_w_system.*, ...
+        if instruction is None and why_not:
+            self.refuse(f"{key}[{i}].type", f"dataset type {_short(kind)}: {why_not}", (*path, "type"))
+            return None
+        if instruction is not None:
+            ours_type = "alpaca"
         if ours_type is None:
-            info = inventory().get("dataset_types", {}).get(kind, {}) if isinstance(kind, str) else {}
+            info = _dataset_type_info(kind) if isinstance(kind, str) else {}
             why = info.get("reason") or "no counterpart formatter"
             self.refuse(f"{key}[{i}].type", f"dataset type {_short(kind)}: {why}", (*path, "type"))
             return None
-        out: dict[str, Any] = {"type": ours_type}
+        out: dict[str, Any] = {"type": ours_type, **(instruction or {})}
         for field_key, value in entry.items():
             where = (*path, field_key)
-            if field_key == "type":
+            if field_key == "type" or (field_key == "conversation" and kind in ALPACA_CHAT):
+                continue  # conversation: alpaca_chat's prompt style (instruction_options)
+            if instruction is not None and field_key in ("conversation", "field"):
+                if value is not None:
+                    self.drop(f"{key}[{i}].{field_key}", f"not read by dataset type {_short(kind)}", where)
+                continue
+            if ours_type not in CHAT_TYPES and field_key in CHAT_ONLY_KEYS:
+                if value is not None:
+                    note = f"read only by chat types; {_short(kind)} ignores it"
+                    self.drop(f"{key}[{i}].{field_key}", note, where)
                 continue
             if field_key in DATASET_SAME and value is not None:
                 out[DATASET_SAME[field_key]] = value
@@ -802,16 +880,22 @@ class _Converter:
                 if value not in TEMPLATES:
                     self.refuse(f"{key}[{i}].chat_template", _template_reason(value), where)
                     return None
-                out["chat_template"] = TEMPLATES[value]
+                out["chat_template"] = self.template(value, f"{key}[{i}]")
+            elif field_key in ("field_thinking", "template_thinking_key"):
+                if ours_type in CHAT_TYPES and value is not None:
+                    out[field_key] = value
+                    self.thinking_caveat(entry, f"{key}[{i}]")
             elif field_key in ("ds_type",) or value is None:
                 continue  # read from the file's extension / unset
             elif field_key in ("message_field_role", "message_field_content"):
                 mapping = out.setdefault("message_property_mappings", {})
                 mapping[field_key.removeprefix("message_field_")] = value
+            elif field_key not in inventory()["dataset_keys"]:
+                self.drop(f"{key}[{i}].{field_key}", UNKNOWN_DATASET_KEY, where)
             else:
                 self.refuse(f"{key}[{i}].{field_key}", "a dataset option with no counterpart here", where)
                 return None
-        self.global_dataset_keys(out)
+        self.global_dataset_keys(out, f"{key}[{i}]")
         if out["type"] == "alpaca" and self.given.get("train_on_inputs"):
             out["train_on_prompt"] = True
         return out
@@ -900,7 +984,7 @@ class _Converter:
                 (*path, "type"),
             )
             return False
-        out["chat_template"] = TEMPLATES[template]
+        out["chat_template"] = self.template(template, f"{key}[{i}]")
         if template == "jinja":
             out["chat_template_jinja"] = jinja
         if kind.startswith("bradley_terry"):
@@ -946,7 +1030,28 @@ class _Converter:
             if self.has(key):
                 self.refuse(key, f"not carried for preference data (method {self.method})")
 
-    def global_dataset_keys(self, out: dict[str, Any]) -> None:
+    def template(self, name: str, where: str) -> str:
+        """Our built-in for Axolotl's chat template `name`, with its caveat (if any) noted once."""
+        caveat = TEMPLATE_CAVEATS.get(name)
+        if caveat is not None and f"{where}: {caveat}" not in self.caveats:
+            self.caveats.append(f"{where}: {caveat}")
+        return TEMPLATES[name]
+
+    def thinking_caveat(self, entry: dict[str, Any], where: str) -> None:
+        """field_thinking other than the template's key: Axolotl 0.21 reads it only when the entry has
+        no message_property_mappings, which its schema always fills (role, content); then the template
+        gets the message's own template_thinking_key value. Ours reads field_thinking, as documented."""
+        field = entry.get("field_thinking") or "reasoning_content"
+        key = entry.get("template_thinking_key") or "reasoning_content"
+        caveat = (
+            f"field_thinking '{field}' differs from template_thinking_key '{key}': ours passes each "
+            f"message's '{field}' to the template as '{key}'; Axolotl 0.21 passes the message's own "
+            f"'{key}' (its schema always fills message_property_mappings, which disables field_thinking)"
+        )
+        if field != key and f"{where}: {caveat}" not in self.caveats:
+            self.caveats.append(f"{where}: {caveat}")
+
+    def global_dataset_keys(self, out: dict[str, Any], where: str) -> None:
         """Axolotl's top-level chat keys, which it applies to every dataset, onto this entry."""
         if out["type"] != "chat_template":
             return
@@ -955,13 +1060,137 @@ class _Converter:
             if template not in TEMPLATES:
                 self.refuse("chat_template", _template_reason(template))
                 return
-            out["chat_template"] = TEMPLATES[template]
+            out["chat_template"] = self.template(template, where)
         for key, ours in (("chat_template_jinja", "chat_template_jinja"), ("eot_tokens", "eot_tokens"),
                           ("default_system_message", "system_prompt")):  # fmt: skip
             if self.has(key) and ours not in out:
                 out[ours] = self.given[key]
         if self.given.get("train_on_inputs"):
             out["roles_to_train"] = ["system", "user", "assistant"]
+
+    def model_loading(self) -> None:
+        """How the model and tokenizer load: config overrides, a quantized checkpoint's format,
+        the tokenizer's flags, embedding rows padded to a multiple of 32."""
+        from trainer.config.loading import QUANTIZATION_CONFIGS, quantization_problems
+
+        for key in ("model_config", "overrides_of_model_config"):
+            value = self.given.get(key)
+            if key not in self.given:
+                continue
+            if not value:
+                self.drop(key, "unset or empty: the model's own config")
+            elif not isinstance(value, dict):
+                self.refuse(key, "must be a mapping of config attributes")
+            else:
+                self.carry(
+                    key, ("overrides_of_model_config",), value, "checked against the model's config at load"
+                )
+        name, kwargs = (
+            self.given.get("model_quantization_config"),
+            self.given.get("model_quantization_config_kwargs"),
+        )
+        if name is None:
+            for key in ("model_quantization_config", "model_quantization_config_kwargs"):
+                if key in self.given:
+                    self.drop(
+                        key,
+                        "unset"
+                        if key == "model_quantization_config" or not kwargs
+                        else "read by Axolotl only with model_quantization_config",
+                    )
+        elif name not in QUANTIZATION_CONFIGS:
+            self.refuse(
+                "model_quantization_config", f"{_short(name)} is not one of {', '.join(QUANTIZATION_CONFIGS)}"
+            )
+        elif kwargs is not None and not isinstance(kwargs, dict):
+            self.refuse("model_quantization_config_kwargs", "must be a mapping of arguments")
+        elif problems := quantization_problems(name, kwargs or {}):
+            self.refuse(
+                "model_quantization_config_kwargs" if kwargs else "model_quantization_config",
+                "; ".join(f"{'.'.join(map(str, p.path))} {p.message}" for p in problems),
+            )
+            if kwargs:
+                self.refuse(
+                    "model_quantization_config", "its kwargs are refused (model_quantization_config_kwargs)"
+                )
+        else:
+            self.carry("model_quantization_config", ("model_quantization_config",), name)
+            if kwargs:
+                self.carry("model_quantization_config_kwargs", ("model_quantization_config_kwargs",), kwargs)
+            elif "model_quantization_config_kwargs" in self.given:
+                self.drop("model_quantization_config_kwargs", "unset")
+        if "tokenizer_use_fast" in self.given:
+            self.drop(
+                "tokenizer_use_fast",
+                "Axolotl 0.21 runs transformers 5 (5.20.1), whose tokenizers have one "
+                "(Rust-backed) implementation and whose AutoTokenizer ignores use_fast: no effect there",
+            )
+        if "tokenizer_legacy" in self.given:
+            if self.given["tokenizer_legacy"] is None:
+                self.drop("tokenizer_legacy", "unset (a null placeholder)")
+            else:
+                self.carry("tokenizer_legacy", ("tokenizer_legacy",), bool(self.given["tokenizer_legacy"]))
+        if "resize_token_embeddings_to_32x" in self.given:
+            if self.given["resize_token_embeddings_to_32x"]:
+                self.carry("resize_token_embeddings_to_32x", ("pad_vocab_to_multiple_of",), 32)
+            else:
+                self.drop("resize_token_embeddings_to_32x", "unset or off")
+
+    def peft_extras(self) -> None:
+        """`peft:` holds LoftQ initialisation (Axolotl 0.21) or, in newer Axolotl, a torchao backend that
+        quantizes the base: both change what is trained; each refusal names what the block asked for."""
+        block = self.given.get("peft")
+        if "peft" not in self.given or not block:
+            return
+        if not isinstance(block, dict):
+            self.refuse("peft", "must be a mapping (loftq_config)")
+            return
+        asked = []
+        if block.get("loftq_config"):
+            loftq = _short(block["loftq_config"])
+            asked.append(f"loftq_config {loftq}: LoftQ initialisation of the LoRA weights")
+        if block.get("backend") or block.get("weight_dtype"):
+            asked.append(
+                f"backend {_short(block.get('backend'))}, weight_dtype {_short(block.get('weight_dtype'))}: "
+                "the base quantized by torchao (newer Axolotl)"
+            )
+        other = sorted(set(block) - {"loftq_config", "backend", "weight_dtype"})
+        if asked:
+            self.refuse("peft", "; ".join(asked) + "; no counterpart here")
+        else:
+            self.drop("peft", f"{', '.join(map(str, other)) or 'empty'}: not options Axolotl reads")
+
+    def moe_experts(self) -> None:
+        """MoE expert options of a LoRA / QLoRA run: lora_target_parameters, quantize_moe_experts
+        (with a 4- or 8-bit base, as Axolotl requires) and llama4_linearized_experts. False / null /
+        [] are left to the inventory (dropped as off or unset)."""
+        block = self.out.config.get("adapter")
+        if not isinstance(block, dict) or block.get("type") not in ("lora", "qlora"):
+            return
+        targets = self.given.get("lora_target_parameters")
+        if targets:
+            value = [targets] if isinstance(targets, str) else list(targets)
+            self.carry("lora_target_parameters", ("adapter", "target_parameters"), value)
+        if self.given.get("quantize_moe_experts") is True:
+            if block["type"] == "qlora" or block.get("load_in_8bit"):
+                bits = "4" if block["type"] == "qlora" else "8"
+                self.carry(
+                    "quantize_moe_experts", ("adapter", "quantize_moe_experts"), True, f"{bits}-bit experts"
+                )
+            else:
+                self.refuse("quantize_moe_experts", "needs load_in_4bit or load_in_8bit (as in Axolotl)")
+        if self.given.get("llama4_linearized_experts") is True:
+            base = str(self.given.get("base_model", ""))
+            if "linearized" in base.lower():
+                self.refuse(
+                    "llama4_linearized_experts",
+                    f"base_model {base} is Axolotl's pre-linearized Llama 4 checkpoint, which transformers' "
+                    "Llama 4 cannot load; trainer linearizes the original checkpoint after loading it: "
+                    "set base_model to the original (e.g. meta-llama/Llama-4-Scout-17B-16E-Instruct) and "
+                    "convert again",
+                )
+            else:
+                self.carry("llama4_linearized_experts", ("adapter", "llama4_linearized_experts"), True)
 
     def tokens_and_resume(self) -> None:
         resume = self.given.get("resume_from_checkpoint")
@@ -994,9 +1223,8 @@ class _Converter:
                 if "lr_scheduler" in self.given:
                     self._entry("lr_scheduler", "carried", "-> lr_scheduler: cosine_with_min_lr")
                 ratio = self.given["cosine_min_lr_ratio"]
-                self.put(
-                    ("trainer_args",), {"lr_scheduler_kwargs": {"min_lr_rate": ratio}}, "cosine_min_lr_ratio"
-                )
+                kwargs = {"min_lr_rate": ratio}
+                self.put(("trainer_args", "lr_scheduler_kwargs"), kwargs, "cosine_min_lr_ratio")
                 self._entry(
                     "cosine_min_lr_ratio", "carried", "-> trainer_args.lr_scheduler_kwargs.min_lr_rate"
                 )
@@ -1005,9 +1233,85 @@ class _Converter:
             else:
                 self.refuse("lr_scheduler", f"schedule '{scheduler}' (Axolotl's own) has no counterpart here")
 
+    def qat(self) -> None:
+        """`qat:` -> our `qat:` block (trainer.tools.axolotl.qat), or refused with Axolotl's reason."""
+        if not self.given.get("qat"):
+            if "qat" in self.given:
+                self.drop("qat", "unset: no quantization-aware training")
+            return
+        from trainer.tools.axolotl.qat import convert as convert_qat
+
+        block, note = convert_qat(self.given["qat"], self.given)
+        if block is None:
+            self.refuse("qat", note)
+        else:
+            self.carry("qat", ("qat",), block, note)
+
+    def training_extras(self) -> None:
+        """TrainingArguments switches Axolotl passes through as they are, lr_scheduler_kwargs,
+        excess_length_strategy (-> too_long) and batch_flattening (-> padding_free)."""
+        for key in ("dataloader_drop_last", "full_determinism", "greater_is_better"):
+            if self.has(key):
+                self.carry(key, ("trainer_args", key), self.given[key])
+        if self.given.get("lr_scheduler_kwargs"):
+            if self.has("cosine_min_lr_ratio"):
+                self.refuse(
+                    "lr_scheduler_kwargs",
+                    "beside cosine_min_lr_ratio, whose own cosine schedule Axolotl builds",
+                )
+            else:
+                self.carry("lr_scheduler_kwargs", ("trainer_args", "lr_scheduler_kwargs"),
+                           self.given["lr_scheduler_kwargs"])  # fmt: skip
+        strategy = self.given.get("excess_length_strategy")
+        if strategy in ("drop", "truncate"):
+            self.carry("excess_length_strategy", ("too_long",), strategy)
+        elif strategy is not None:
+            self.refuse(
+                "excess_length_strategy",
+                f"{_short(strategy)}: ours drops (too_long: drop) or truncates rows over sequence_len",
+            )
+        if self.given.get("batch_flattening") is True:
+            self.carry("batch_flattening", ("padding_free",), True, "padding-free micro-batches")
+        elif self.given.get("batch_flattening") == "auto":
+            self.drop("batch_flattening", "auto: ours turns padding_free on where the attention reads it")
+
+    def sampling(self) -> None:
+        """curriculum_sampling (Axolotl's SequentialSampler) -> sampler: sequential, and the row order
+        Axolotl gives it: one dataset unshuffled, several concatenated and shuffled once unless
+        shuffle_merged_datasets is false (shuffle_before_merging_datasets then has no counterpart)."""
+        if not self.given.get("curriculum_sampling"):
+            return
+        entries = self.given.get("datasets")
+        single = isinstance(entries, list) and len(entries) == 1
+        merged = self.given.get("shuffle_merged_datasets") is not False
+        if not single and not merged and self.given.get("shuffle_before_merging_datasets"):
+            self.refuse(
+                "shuffle_before_merging_datasets",
+                "with curriculum_sampling and shuffle_merged_datasets: false, each dataset is shuffled on "
+                "its own and the datasets kept in turn; ours shuffles all training rows together or none",
+            )
+            return
+        shuffled = merged and not single
+        how = "the datasets' order"
+        if shuffled:
+            how = "the merged datasets shuffled once, then in that order"
+        self.carry("curriculum_sampling", ("sampler",), "sequential", how)
+        if not shuffled:
+            origin = "curriculum_sampling" + ("" if single else ", shuffle_merged_datasets")
+            self.put(("shuffle",), False, origin)
+            if "shuffle_merged_datasets" in self.given:
+                self._entry("shuffle_merged_datasets", "carried", "-> shuffle: false")
+
     def defaults(self) -> None:
         """Axolotl's defaults where ours differ, written out so the run does what Axolotl's did."""
         config = self.out.config
+        if self.given.get("fp16") and "bf16" not in config:  # Axolotl: fp16 turns bf16's auto off
+            self.put(("bf16",), False, "fp16 (Axolotl turns bf16: auto off when fp16 is set)")
+        if self.given.get("save_steps") and config.get("save_strategy") != "steps":
+            self.put(("save_strategy",), "steps", "save_steps (Axolotl saves by steps whenever it is set)")
+        evals = self.has("test_datasets") or self.given.get("val_set_size", 0) != 0
+        if evals and self.given.get("eval_steps") and config.get("eval_strategy") not in ("steps", "no"):
+            self.put(("eval_strategy",), "steps", "eval_steps (Axolotl evaluates by steps when it is set)")
         for key, (value, why) in DEFAULTS_THAT_DIFFER.items():
             if key not in config and not any(
                 e.key == key and e.status == "refused" for e in self.out.entries
@@ -1020,6 +1324,20 @@ class _Converter:
                 self.put(("pad_to_sequence_len",), True, "Axolotl pads packed rows to sequence_len")
             if "eval_sample_packing" not in config and config.get("val_set_size"):
                 self.put(("eval_sample_packing",), True, "Axolotl packs eval rows too with sample_packing")
+
+
+def _dataset_type_info(kind: str) -> dict[str, Any]:
+    """The inventory's dataset_types entry that lists `kind` ('a / a.load_x / load_y' entries: a
+    bare load_y is a function of the first entry's module)."""
+    types: dict[str, Any] = inventory().get("dataset_types", {})
+    if kind in types:
+        return dict(types[kind])
+    for listed, info in types.items():
+        parts = [part.split(" (")[0].strip() for part in str(listed).split(" / ")]
+        module = parts[0].split(".")[0]
+        if kind in {f"{module}.{part}" if part.startswith("load") else part for part in parts}:
+            return dict(info)
+    return {}
 
 
 def _listed(value: Any) -> list[Any]:
@@ -1043,18 +1361,28 @@ def _caveat(template: str) -> str:
 
 
 def _template_reason(name: Any) -> str:
+    if isinstance(name, str) and name.startswith("tokenizer_default_fallback_"):
+        fallback = name.removeprefix("tokenizer_default_fallback_")
+        return (
+            f"'{name}' means the tokenizer's template, else {fallback}: no counterpart (which one applies "
+            f"depends on the tokenizer); choose tokenizer_default or {fallback}"
+        )
     return (
-        f"Axolotl's chat template '{name}' has no built-in here with the same text; give its Jinja "
-        "with chat_template: jinja and chat_template_jinja"
+        f"Axolotl has no chat template named {_short(name)} (nor has this converter a built-in of that "
+        "name); give its Jinja with chat_template: jinja and chat_template_jinja"
     )
 
 
 def convert(path: str) -> Conversion:
     """Convert the Axolotl config at `path` (ConvertError when it is not a readable mapping)."""
     try:
-        data, source = load_yaml(path)
+        data, source = load_yaml(path, last_wins=True)  # as Axolotl's yaml.safe_load reads it
     except Exception as err:  # OSError, YAML syntax: the message says where
         raise ConvertError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: an Axolotl config is a mapping of keys")
-    return _Converter(data, source, path).run()
+    conversion = _Converter(data, source, path).run()
+    for where, first, last in source.duplicates:
+        note = f"written again at line {last}: the last value wins, as Axolotl's yaml.safe_load reads it"
+        conversion.entries.append(Entry(_dotted(where), f"{path}:{first}", "dropped", note))
+    return conversion

@@ -4,9 +4,13 @@ drift from what `trainer convert` does: `python -m trainer.tools.axolotl.docs > 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from trainer.tools.axolotl import convert as rules
+
+SETTINGS_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "axolotl_settings.md"
+"""bench/axolotl_settings.py's committed report: converted examples against Axolotl's own settings."""
 
 HEADER = """# Coming from Axolotl
 
@@ -23,7 +27,10 @@ config. Every key of the input is accounted for:
   writes nothing.
 
 A converted config is validated (as `validate --skip-machine-checks`: relative paths from the
-current folder) before it is written, and `-o` never overwrites a file. Where Axolotl's defaults
+current folder; a model or data path that is not on this machine is a note) before it is written,
+and `-o` never overwrites a file. Read as Axolotl reads it: a key written twice keeps its last value
+(`yaml.safe_load`), and a dataset option Axolotl does not know, or that the entry's type does not
+read, is dropped with a note. Where Axolotl's defaults
 differ from ours they are written out, so the converted run does what the Axolotl run did.
 `train` and `validate` given an Axolotl file say so in their first error line.
 
@@ -73,6 +80,17 @@ def carried_rows() -> list[str]:
             "`adapter.unfrozen_parameters`",
             "beside lora/qlora (whole modules, not quantized ones); without an adapter: full",
         ),
+        _row("lora_target_parameters", "`adapter.target_parameters`", "LoRA on raw (MoE expert) parameters"),
+        _row(
+            "quantize_moe_experts",
+            "`adapter.quantize_moe_experts`",
+            "with load_in_4bit (4-bit experts) or lora's load_in_8bit (8-bit), else refused",
+        ),
+        _row(
+            "llama4_linearized_experts",
+            "`adapter.llama4_linearized_experts`",
+            "linearized on load from the original checkpoint; Axolotl's pre-linearized base_model: refused",
+        ),
         _row(
             "attn_implementation",
             "`attention`",
@@ -102,7 +120,8 @@ def carried_rows() -> list[str]:
             "fsdp, fsdp_config, fsdp_version",
             "`distributed: {type: fsdp, ...}`",
             "offload_params, activation_checkpointing, transformer_layer_cls_to_wrap, state_dict_type, "
-            "reshard_after_forward",
+            "reshard_after_forward, cpu_ram_efficient_loading (not with a quantized base, a "
+            "PiSSA/OLoRA/LoftQ init or a preference method)",
         ),
         _row(
             "datasets, test_datasets",
@@ -117,9 +136,25 @@ def carried_rows() -> list[str]:
             "Axolotl applies them to every dataset",
         ),
         _row(
-            "chat_template names", "`chat_template`", ", ".join(rules.TEMPLATES) + " (others: give the Jinja)"
+            "chat_template names",
+            "`chat_template`",
+            "each to our built-in of the same name (Axolotl's Jinja files, shipped as built-ins): "
+            + ", ".join(rules.TEMPLATES)
+            + "; gemma: ours, with a caveat; tokenizer_default_fallback_*: refused",
+        ),
+        _row(
+            "datasets[].field_thinking, template_thinking_key",
+            "the same keys (chat_template)",
+            "the reasoning reaches the template under template_thinking_key and trains with its message",
         ),
         _row("resume_from_checkpoint / auto_resume_from_checkpoints", "`resume: PATH` / `resume: auto`", ""),
+        _row(
+            "qat",
+            "`qat`",
+            "torchao fake quantization (docs/qat.md); dtype names as ours (float8 -> fp8), Axolotl's "
+            "group_size 32 written out; mxfp4 quantizes activations too; what Axolotl refuses (int8 "
+            "weights alone, NVFP4 without group_size 16, an adapter) and ternary: refused",
+        ),
         _row("optimizer", "`optimizer`", "when we have it (Axolotl's own optimizers are refused)"),
         _row(
             "lr_scheduler (+ cosine_min_lr_ratio)", "`lr_scheduler` (`cosine_with_min_lr` + min_lr_rate)", ""
@@ -215,7 +250,25 @@ def render() -> str:
         "Keys the inventory marks `carry` but no rule above carries yet are refused with that said;",
         "any key set to null, false or Axolotl's default is dropped whatever its row says.",
     ]
+    parts += settings_check()
     return "\n".join(parts) + "\n"
+
+
+def settings_check() -> list[str]:
+    """The section that shows converted examples reach Axolotl's own effective settings (from
+    bench/results/axolotl_settings.md; none where the file is absent, e.g. an installed package)."""
+    if not SETTINGS_RESULTS.is_file():
+        return []
+    return [
+        "",
+        "## Checked against Axolotl's own normalized config",
+        "",
+        "`bench/axolotl_settings.py` converts example configs and compares, key by key, the settings",
+        "our resolved config trains with to those Axolotl's own config loading, validation and",
+        "normalization give, and the masking of a sample row as each side tokenizes it.",
+        "",
+        *SETTINGS_RESULTS.read_text(encoding="utf-8").rstrip("\n").split("\n"),
+    ]
 
 
 if __name__ == "__main__":
