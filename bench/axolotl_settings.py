@@ -89,10 +89,6 @@ EXPLAINED: dict[Any, str] = {
     "turn (train_on_eos: turn, marker found in the rendered template), Axolotl trains none (its "
     "end-of-turn is the EOS token `</s>`, which the template never writes); with Llama-3-Instruct's "
     "own tokenizer `<|eot_id|>` is its EOS and both train it",
-    ("llama-3/fft-8b-liger-fsdp.yaml", "row_tokens"): "CONVERTER BUG: Axolotl maps the role names "
-    "`human`/`gpt` to user/assistant by default (no `roles:` given); the converted dataset has no "
-    "`roles`, ours reads the names as they are, so no turn is an assistant turn and every row is dropped",
-    ("llama-3/fft-8b-liger-fsdp.yaml", "row_trained"): "the same converter bug (roles `human`/`gpt`)",
 }
 
 

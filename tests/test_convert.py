@@ -357,3 +357,26 @@ def test_training_switches_carried_as_they_are(tmp_path: Path) -> None:
     assert code == 0 and config["trainer_args"] == {"adam_beta2": 0.95, "lr_scheduler_kwargs": kwargs}
     code, stderr, _ = _convert(tmp_path, one + "excess_length_strategy: raise\n")
     assert code == 2 and "excess_length_strategy: 'raise'" in stderr
+
+
+def test_chat_data_keeps_axolotls_default_role_names(tmp_path: Path, tiny_model: Path) -> None:
+    """Without `roles:`, Axolotl reads ShareGPT's `human`/`gpt` as user/assistant; the converted entry
+    says so, and the row trains the same answer tokens (bench/axolotl_settings.py found the miss)."""
+    (tmp_path / "chat.jsonl").write_text(
+        '{"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}\n' * 4
+    )
+    source = tmp_path / "axolotl.yml"
+    source.write_text(
+        f"base_model: {tiny_model}\nchat_template: chatml\ndatasets:\n  - path: chat.jsonl\n"
+        "    type: chat_template\n    field_messages: conversations\n"
+        "    message_property_mappings: {role: from, content: value}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.yml"
+    done = run_command("convert", source, "-o", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    entry = yaml.safe_load(out.read_text())["datasets"][0]
+    assert entry["roles"] == {"user": ["human"], "assistant": ["gpt"]}
+    shown = run_command("preprocess", out, "--show", "1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n[[Hello.<|im_end|>]]" in shown.stdout

@@ -75,6 +75,7 @@ def test_reasoning_keys_are_carried(tmp_path: Path, tiny_model: Path) -> None:
         "chat_template": "qwen3",
         "field_thinking": "thinking",
         "template_thinking_key": "thinking",
+        "roles": {"user": ["human"], "assistant": ["gpt"]},  # Axolotl's default role names
     }
     assert "differs from template_thinking_key" not in err
     checked = run_command("validate", "--skip-machine-checks", tmp_path / "out.yml", cwd=tmp_path)

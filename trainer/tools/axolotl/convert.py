@@ -1067,6 +1067,8 @@ class _Converter:
                 out[ours] = self.given[key]
         if self.given.get("train_on_inputs"):
             out["roles_to_train"] = ["system", "user", "assistant"]
+        if "roles" not in out:  # Axolotl's default role names; ours uses unlisted names as they are
+            out["roles"] = {"user": ["human"], "assistant": ["gpt"]}
 
     def model_loading(self) -> None:
         """How the model and tokenizer load: config overrides, a quantized checkpoint's format,
