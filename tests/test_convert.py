@@ -380,3 +380,57 @@ def test_chat_data_keeps_axolotls_default_role_names(tmp_path: Path, tiny_model:
     shown = run_command("preprocess", out, "--show", "1", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n[[Hello.<|im_end|>]]" in shown.stdout
+
+
+def test_old_sharegpt_configs_follow_axolotls_migration(tmp_path: Path) -> None:
+    """Old configs: `type: sharegpt` (removed from Axolotl, whose error says to use chat_template with
+    conversations/from/value) becomes our sharegpt formatter with the template `conversation:` named;
+    a FastChat template we do not have is refused; base_model_config equal to base_model is dropped."""
+    code, stderr, config = _convert(
+        tmp_path,
+        "base_model_config: m\ndatasets:\n  - path: d.jsonl\n    type: sharegpt\n    conversation: chatml\n",
+    )
+    assert code == 0, stderr
+    assert config["datasets"] == [{"type": "sharegpt", "chat_template": "chatml", "path": "d.jsonl"}]
+    assert "current Axolotl rejects sharegpt types" in stderr
+    assert "base_model_config: the same as base_model" in stderr
+    code, stderr, _ = _convert(
+        tmp_path, "datasets:\n  - path: d.jsonl\n    type: sharegpt\n    conversation: vicuna_v1.1\n"
+    )
+    assert code == 2 and "datasets[0].conversation: FastChat conversation template 'vicuna_v1.1'" in stderr
+    code, stderr, _ = _convert(tmp_path, "base_model_config: other/model\ndatasets:\n  - path: d.jsonl\n")
+    assert code == 2 and "base_model_config: " in stderr
+
+
+def test_keys_another_mode_reads_are_dropped_and_bnb_kwargs_carried(tmp_path: Path) -> None:
+    """A DPO beta in an SFT config, or 4-bit settings beside an 8-bit load, did nothing in Axolotl:
+    dropped with that reason. Under qlora each bitsandbytes setting lands on its adapter option, the
+    8-bit-only ones are noted, and one with no counterpart is refused."""
+    code, stderr, config = _convert(
+        tmp_path,
+        "datasets:\n  - path: d.jsonl\n    type: alpaca\ndpo_beta: 0.2\nload_in_8bit: true\n"
+        "bnb_config_kwargs: {bnb_4bit_quant_type: fp4}\n",
+    )
+    assert code == 0, stderr
+    assert "dpo_beta: read only by preference training" in stderr and "method" not in config
+    assert "bnb_config_kwargs: read only for a 4-bit load" in stderr
+    qlora = (
+        "datasets:\n  - path: d.jsonl\n    type: alpaca\nload_in_4bit: true\nbnb_config_kwargs:\n"
+        "  bnb_4bit_quant_type: fp4\n  bnb_4bit_use_double_quant: false\n"
+        "  bnb_4bit_compute_dtype: torch.float16\n  llm_int8_threshold: 6.0\n"
+    )
+    code, stderr, _ = _convert(tmp_path, "adapter: qlora\n" + qlora)
+    assert code == 2 and "bnb_4bit_compute_dtype (fixed while bf16: auto decides the precision" in stderr
+    code, stderr, config = _convert(tmp_path, "adapter: qlora\nfp16: true\n" + qlora)
+    assert code == 0, stderr
+    adapter = config["adapter"]
+    assert (adapter["quant_type"], adapter["double_quant"], adapter["compute_dtype"]) == (
+        "fp4",
+        False,
+        "float16",
+    )
+    assert "llm_int8_threshold: 8-bit settings, no effect on a 4-bit load" in stderr
+    code, stderr, _ = _convert(
+        tmp_path, "adapter: qlora\nfp16: true\n" + qlora + "  llm_int8_skip_modules: [x]\n"
+    )
+    assert code == 2 and "bnb_config_kwargs: llm_int8_skip_modules: not carried" in stderr

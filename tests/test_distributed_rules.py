@@ -68,13 +68,28 @@ def test_fsdp_and_launch_rules(tmp_path, tiny_model, toy_data, overrides, expect
          "offloads weights, which only stage 3 shards"),
         ({"distributed": {"type": "deepspeed", "stage": 3, "offload_param": "nvme"}},
          "distributed.nvme_path: nvme offload needs nvme_path"),
-        ({"distributed": {"type": "deepspeed", "config_file": "missing.json"}},
-         "distributed.config_file: cannot read missing.json"),
+        ({"distributed": {"type": "deepspeed", "config_file": "."}},
+         "distributed.config_file: cannot read .: Is a directory"),
     ],
 )  # fmt: skip
 def test_deepspeed_rules(tmp_path, tiny_model, toy_data, overrides, expected):
     pytest.importorskip("deepspeed")
     assert expected in problems(tmp_path, tiny_model, toy_data, **overrides)
+
+
+def test_a_missing_deepspeed_file_is_the_machines(tmp_path, tiny_model, toy_data):
+    """The JSON a config names lives on the machine that trains: a note under --skip-machine-checks,
+    an error where the run would start."""
+    pytest.importorskip("deepspeed")
+    block = {"type": "deepspeed", "config_file": str(tmp_path / "zero2.json")}
+    config = toy_config(tiny_model, toy_data / "train.jsonl", tmp_path / "out", distributed=block)
+    path = str(write_yaml(tmp_path / "cfg.yml", config))
+    skipped = load_config(path, skip_machine_checks=True).skipped
+    assert [(p.path, p.message, p.machine) for p in skipped] == [
+        (("distributed", "config_file"), f"{tmp_path / 'zero2.json'} does not exist", True)
+    ]
+    with pytest.raises(ConfigErrors, match="zero2.json does not exist"):
+        load_config(path)
 
 
 def resolved_config(tmp_path: Path, tiny_model: Path, toy_data: Path, overrides=None, **keys: Any):

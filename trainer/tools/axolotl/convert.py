@@ -126,7 +126,14 @@ TEMPLATE_CAVEATS = {
     "gemma": "chat template gemma: ours (Gemma 3's text template) renders what Axolotl's does for "
     "conversations without a system message; Axolotl's rejects one, ours puts it before the first user turn",
 }
+BNB_KWARGS = {"bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
+              "bnb_4bit_compute_dtype": "compute_dtype",
+              "bnb_4bit_quant_storage": "quant_storage"}  # fmt: skip
+BNB_8BIT_ONLY = ("llm_int8_threshold", "llm_int8_has_fp16_weight", "llm_int8_enable_fp32_cpu_offload")
 CHAT_TYPES = ("chat_template", "sharegpt")
+SHAREGPT_TYPES = ("sharegpt", "sharegpt:chat", "sharegpt_simple", "sharegpt_simple:chat")
+"""Axolotl's removed sharegpt types that read conversations/from/value as they are (load_role,
+load_guanaco and the jokes/ultrachat loaders reshape rows: refused by the inventory)."""
 CHAT_ONLY_KEYS = (
     "field_messages", "message_property_mappings", "message_field_role", "message_field_content",
     "message_field_training", "message_field_training_detail", "roles", "roles_to_train", "train_on_eos",
@@ -299,6 +306,7 @@ class _Converter:
             self.training_extras,
             self.peft_extras,
             self.moe_experts,
+            self.model_config_source,
             self.model_loading,
             self.optimizer_and_schedule,
             self.qat,
@@ -400,6 +408,9 @@ class _Converter:
         if "reward_model" in self.given and not reward:
             self.drop("reward_model", "unset or off")
         if rl is None and not reward:
+            for key in (*BETA_KEYS, *METHOD_OPTIONS, "trl"):
+                if self.has(key):
+                    self.drop(key, "read only by preference training (rl:), which this config does not set")
             return
         if rl is not None and reward:
             self.refuse("reward_model", f"set beside rl: {rl}; Axolotl trains one or the other")
@@ -578,15 +589,8 @@ class _Converter:
                 "neither lora_target_modules nor lora_target_linear: Axolotl gives PEFT an empty target list",
             )
             return
-        kwargs = self.given.get("bnb_config_kwargs")
-        if kwargs and kind == "qlora":
-            for key, ours in (
-                ("bnb_4bit_quant_type", "quant_type"),
-                ("bnb_4bit_use_double_quant", "double_quant"),
-            ):
-                if key in kwargs:
-                    block[ours] = kwargs[key]
-            self._entry_if("bnb_config_kwargs", "-> adapter.quant_type / double_quant")
+        if not self.bnb_kwargs(kind, block):
+            return
         if self.has("unfrozen_parameters"):
             block["unfrozen_parameters"] = self.given["unfrozen_parameters"]
             self._entry_if("unfrozen_parameters", "-> adapter.unfrozen_parameters (trained beside LoRA)")
@@ -594,6 +598,46 @@ class _Converter:
             if key in self.given and self.given[key] is None:
                 self.drop(key, "unset (a null placeholder)")
         self.put(("adapter",), block, ", ".join(origin) or "adapter")
+
+    def bnb_kwargs(self, kind: str, block: dict[str, Any]) -> bool:
+        """`bnb_config_kwargs` (Axolotl updates its 4-bit BitsAndBytesConfig with them) onto the qlora
+        block; False when one cannot be carried (refused)."""
+        kwargs = self.given.get("bnb_config_kwargs")
+        if "bnb_config_kwargs" not in self.given:
+            return True
+        if not kwargs:
+            self.drop("bnb_config_kwargs", "unset or empty")
+            return True
+        if kind != "qlora" or not isinstance(kwargs, dict):
+            self.drop("bnb_config_kwargs", "read only for a 4-bit load (adapter: qlora with load_in_4bit)")
+            return True
+        carried, ignored, refused = [], [], []
+        for key, value in kwargs.items():
+            ours = BNB_KWARGS.get(key)
+            if (
+                ours == "compute_dtype"
+                and self.given.get("bf16", "auto") == "auto"
+                and not self.given.get("fp16")
+            ):
+                refused.append(f"{key} (fixed while bf16: auto decides the precision; set bf16 or fp16)")
+            elif ours is not None:
+                value = (
+                    str(value).removeprefix("torch.") if ours in ("compute_dtype", "quant_storage") else value
+                )
+                block[ours] = value
+                carried.append(f"{key} -> adapter.{ours}")
+            elif key in BNB_8BIT_ONLY or (key == "load_in_4bit" and value is True):
+                ignored.append(key)
+            else:
+                refused.append(key)
+        if refused:
+            self.refuse("bnb_config_kwargs", f"{', '.join(refused)}: not carried to the qlora adapter")
+            return False
+        note = "; ".join(carried) + (
+            f"; {', '.join(ignored)}: 8-bit settings, no effect on a 4-bit load" * bool(ignored)
+        )
+        self._entry("bnb_config_kwargs", "carried", note.strip("; "))
+        return True
 
     def _entry_if(self, key: str, note: str) -> None:
         if key in self.given and key not in self.done:
@@ -855,16 +899,21 @@ class _Converter:
             return None
         if instruction is not None:
             ours_type = "alpaca"
+        sharegpt = self.sharegpt_options(key, i, entry) if kind in SHAREGPT_TYPES else {}
+        if sharegpt is None:
+            return None
+        if sharegpt:
+            ours_type = "sharegpt"
         if ours_type is None:
             info = _dataset_type_info(kind) if isinstance(kind, str) else {}
             why = info.get("reason") or "no counterpart formatter"
             self.refuse(f"{key}[{i}].type", f"dataset type {_short(kind)}: {why}", (*path, "type"))
             return None
-        out: dict[str, Any] = {"type": ours_type, **(instruction or {})}
+        out: dict[str, Any] = {"type": ours_type, **(instruction or {}), **sharegpt}
         for field_key, value in entry.items():
             where = (*path, field_key)
-            if field_key == "type" or (field_key == "conversation" and kind in ALPACA_CHAT):
-                continue  # conversation: alpaca_chat's prompt style (instruction_options)
+            if field_key == "type" or (field_key == "conversation" and (kind in ALPACA_CHAT or sharegpt)):
+                continue  # conversation: alpaca_chat's prompt style, or sharegpt's template (read above)
             if instruction is not None and field_key in ("conversation", "field"):
                 if value is not None:
                     self.drop(f"{key}[{i}].{field_key}", f"not read by dataset type {_short(kind)}", where)
@@ -899,6 +948,25 @@ class _Converter:
         if out["type"] == "alpaca" and self.given.get("train_on_inputs"):
             out["train_on_prompt"] = True
         return out
+
+    def sharegpt_options(self, key: str, i: int, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Axolotl's own migration of a sharegpt entry (types it has removed): chat data with
+        conversations/from/value, rendered by the template `conversation:` names (chatml by default);
+        None (refused) for a FastChat template with no identical built-in here."""
+        conversation = entry.get("conversation") or "chatml"
+        if conversation not in ("chatml", "llama3"):
+            self.refuse(
+                f"{key}[{i}].conversation",
+                f"FastChat conversation template {_short(conversation)} (old sharegpt types) has no built-in "
+                "here with the same text (chatml and llama3 have)",
+                (key, i, "conversation"),
+            )
+            return None
+        self.caveats.append(
+            f"{key}[{i}]: type {entry.get('type')}: current Axolotl rejects sharegpt types and says to use "
+            f"chat_template with conversations/from/value; carried so, with the {conversation} template"
+        )
+        return {"chat_template": conversation}
 
     def preference_dataset(self, key: str, i: int, entry: dict[str, Any], kind: Any) -> dict[str, Any] | None:
         """A dataset entry of a preference/reward config: Axolotl's transform for its type, as our
@@ -1070,6 +1138,13 @@ class _Converter:
         if "roles" not in out:  # Axolotl's default role names; ours uses unlisted names as they are
             out["roles"] = {"user": ["human"], "assistant": ["gpt"]}
 
+    def model_config_source(self) -> None:
+        """`base_model_config` names where config.json is read; the same place as base_model (old
+        configs wrote both) changes nothing."""
+        value = self.given.get("base_model_config")
+        if "base_model_config" in self.given and value in (None, self.given.get("base_model")):
+            self.drop("base_model_config", "the same as base_model (where the model's config is read anyway)")
+
     def model_loading(self) -> None:
         """How the model and tokenizer load: config overrides, a quantized checkpoint's format,
         the tokenizer's flags, embedding rows padded to a multiple of 32."""
@@ -1214,6 +1289,10 @@ class _Converter:
         if optimizer is not None:
             if optimizer in OPTIMIZERS:
                 self.carry("optimizer", ("optimizer",), optimizer)
+            elif optimizer == "adamw_hf":  # transformers' own AdamW, removed in 5.x: torch's math
+                self.carry(
+                    "optimizer", ("optimizer",), "adamw_torch", "the same AdamW update as transformers'"
+                )
             else:
                 self.refuse("optimizer", f"optimizer '{optimizer}' (Axolotl's own) has no counterpart here")
         scheduler = self.given.get("lr_scheduler")
