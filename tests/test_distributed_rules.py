@@ -88,7 +88,7 @@ def test_a_missing_deepspeed_file_is_the_machines(tmp_path, tiny_model, toy_data
     assert [(p.path, p.message, p.machine) for p in skipped] == [
         (("distributed", "config_file"), f"{tmp_path / 'zero2.json'} does not exist", True)
     ]
-    with pytest.raises(ConfigErrors, match="zero2.json does not exist"):
+    with pytest.raises(ConfigErrors, match=r"zero2\.json does not exist"):
         load_config(path)
 
 
