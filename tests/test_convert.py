@@ -190,9 +190,11 @@ def test_every_rl_example_config_is_listed() -> None:
     assert preference <= listed
 
 
-def _convert(tmp_path: Path, text: str) -> tuple[int, str, dict[str, Any]]:
+def _convert(tmp_path: Path, text: str, rows: str = "{}\n") -> tuple[int, str, dict[str, Any]]:
+    """Convert a LoRA config ending in `text` (data files named intel/argilla/ultra/d/bt hold `rows`):
+    exit status, stderr, and the written config ({} when none)."""
     for name in ("intel", "argilla", "ultra", "d", "bt"):
-        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+        (tmp_path / f"{name}.jsonl").write_text(rows)
     source = tmp_path / "axolotl.yml"
     source.write_text(
         "base_model: m\nadapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n" + text

@@ -6,23 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from plugins.formatters.chat_templates import BUILTIN_TEMPLATES
 from tests.conftest import run_command
+from tests.test_convert import _convert
 from trainer.tools.axolotl.convert import TEMPLATES
 
 
 def convert(tmp_path: Path, text: str) -> tuple[int, str, dict[str, Any]]:
-    (tmp_path / "d.jsonl").write_text('{"messages": []}\n')
-    source = tmp_path / "axolotl.yml"
-    source.write_text(
-        "base_model: m\nadapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n" + text
-    )
-    out = tmp_path / "out.yml"
-    out.unlink(missing_ok=True)
-    done = run_command("convert", source, "-o", out, cwd=tmp_path)
-    return done.returncode, done.stderr, yaml.safe_load(out.read_text()) if out.exists() else {}
+    return _convert(tmp_path, text, rows='{"messages": []}\n')
 
 
 def test_every_axolotl_name_maps_to_a_builtin_of_that_name() -> None:
