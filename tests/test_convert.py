@@ -444,3 +444,44 @@ def test_keys_another_mode_reads_are_dropped_and_bnb_kwargs_carried(tmp_path: Pa
         tmp_path, "adapter: qlora\nfp16: true\n" + qlora + "  llm_int8_skip_modules: [x]\n"
     )
     assert code == 2 and "bnb_config_kwargs: llm_int8_skip_modules: not carried" in stderr
+
+
+def test_types_are_read_as_axolotls_schema_reads_them() -> None:
+    from trainer.tools.axolotl.types import mismatch
+
+    assert mismatch("float | None", "2e-4") is None and mismatch("float | None", 3) is None
+    assert mismatch("int | None", "12") is None and mismatch("int | None", 0.5) == "a whole number"
+    assert mismatch("bool | None", "true") is None and mismatch("bool | None", [1]) == "true/false"
+    assert mismatch("Union[Literal[auto], bool, None]", "auto") is None
+    assert mismatch("Union[Literal[auto], bool, None]", "maybe") == "one of auto or true/false"
+    assert (
+        mismatch("Optional[Annotated[list[datasets.SFTDataset | datasets.DPODataset], MinLen]]", 1)
+        == "a list"
+    )
+    assert mismatch("fsdp.FSDPConfig | None", "abc") == "a mapping"
+    assert mismatch("str | CustomSupportedOptimizers | None", []) == "a string"
+    assert mismatch("axolotl.integrations.hatchery.args.Hatchery | None", 5) is None  # unknown: unchecked
+
+
+@needs_configs
+def test_odd_values_never_crash_the_converter() -> None:
+    """Every top-level key and dataset option of a LoRA and an FSDP example set to values of the wrong
+    shape: each conversion ends in a result (a wrong type is refused with what Axolotl takes), never
+    an exception."""
+    from trainer.config.yaml_lines import SourceMap
+    from trainer.tools.axolotl.convert import _Converter
+    from trainer.tools.axolotl.emit import render
+
+    odd: list[Any] = [None, "", [], {}, 0, "abc", [1], {"a": 1}, True, 2.5]
+    for name in ("llama-3/lora-1b.yml", "llama-3/fft-8b-liger-fsdp.yaml"):
+        given = yaml.safe_load((CONFIGS / "examples" / name).read_text(encoding="utf-8"))
+        variants = [{**given, key: value} for key in given for value in odd]
+        entry = given["datasets"][0]
+        variants += [{**given, "datasets": [{**entry, key: value}]} for key in entry for value in odd]
+        for variant in variants:
+            conversion = _Converter(variant, SourceMap(file=name), name).run()
+            render(conversion)
+        wrong = _Converter({**given, "num_epochs": "abc"}, SourceMap(file=name), name).run()
+        assert [e.note for e in wrong.of("refused")] == [
+            "Axolotl takes a number here, not 'abc': it rejects this value"
+        ]

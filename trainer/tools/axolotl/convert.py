@@ -19,6 +19,7 @@ import yaml
 
 from trainer.config.yaml_lines import SourceMap, load_yaml
 from trainer.tools.axolotl.alpaca_types import ALPACA_CHAT, instruction_options
+from trainer.tools.axolotl.types import mismatch
 
 INVENTORY = Path(__file__).with_name("keys.yaml")
 
@@ -291,6 +292,7 @@ class _Converter:
     # ---- the run ------------------------------------------------------------------------------
 
     def run(self) -> Conversion:
+        self.given = self.without_wrong_types()
         for handler in (
             self.preference_method,
             self.simple_keys,
@@ -317,6 +319,21 @@ class _Converter:
             if key not in self.done:
                 self.judge(key, self.given[key], inventory()["keys"].get(key))
         return self.out
+
+    def without_wrong_types(self) -> dict[str, Any]:
+        """The config less each key whose value Axolotl's schema rejects (refused here, with the type
+        it takes), so that no rule reads a value of a type it does not expect."""
+        keys = inventory()["keys"]
+        kept = {}
+        for key, value in self.given.items():
+            wanted = mismatch(str(keys.get(key, {}).get("type", "")), value) if isinstance(key, str) else None
+            if wanted is None:
+                kept[key] = value
+            else:
+                self.refuse(
+                    str(key), f"Axolotl takes {wanted} here, not {_short(value)}: it rejects this value"
+                )
+        return kept
 
     def judge(
         self, key: str, value: Any, info: dict[str, Any] | None, path: tuple[Any, ...] | None = None
@@ -886,6 +903,14 @@ class _Converter:
         path = (key, i)
         if not isinstance(entry, dict):
             self.refuse(f"{key}[{i}]", "a dataset entry must be a mapping", path)
+            return None
+        fields = inventory()["dataset_keys"]
+        wrong = {k: mismatch(str(fields.get(k, {}).get("type", "")), v) for k, v in entry.items()}
+        for field_key, wanted in wrong.items():
+            if wanted is not None:
+                note = f"Axolotl takes {wanted} here, not {_short(entry[field_key])}: it rejects this value"
+                self.refuse(f"{key}[{i}].{field_key}", note, (*path, field_key))
+        if any(wrong.values()):
             return None
         kind = entry.get("type")
         if self.method is not None:
