@@ -29,8 +29,9 @@ config. Every key of the input is accounted for:
 A converted config is validated (as `validate --skip-machine-checks`: relative paths from the
 current folder; a model or data path that is not on this machine is a note) before it is written,
 and `-o` never overwrites a file. Read as Axolotl reads it: a key written twice keeps its last value
-(`yaml.safe_load`), and a dataset option Axolotl does not know, or that the entry's type does not
-read, is dropped with a note. Where Axolotl's defaults
+(`yaml.safe_load`), a dataset option Axolotl does not know, or that the entry's type does not
+read, is dropped with a note, and a value of a type Axolotl's schema rejects (a list where it takes a
+number, ...) is refused with the type it takes. Where Axolotl's defaults
 differ from ours they are written out, so the converted run does what the Axolotl run did.
 `train` and `validate` given an Axolotl file say so in their first error line.
 
