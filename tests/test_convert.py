@@ -32,7 +32,7 @@ def top_level_keys(path: Path) -> list[str]:
 
 @needs_configs
 def test_every_example_config_is_accounted_for(tmp_path: Path) -> None:
-    from trainer.tools.axolotl.convert import convert
+    from trainer.tools.axolotl.validate import convert_checked
 
     converted, sft, sft_converted = 0, 0, 0
     for number, config in enumerate(EXAMPLES):
@@ -44,7 +44,7 @@ def test_every_example_config_is_accounted_for(tmp_path: Path) -> None:
         done = run_command("convert", relative, "-o", out, cwd=CONFIGS)
         assert done.returncode in (0, 2), (relative, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (relative, done.stderr[-2000:])
-        conversion = convert(str(config))
+        conversion = convert_checked(str(config))
         accounted = {entry.key for entry in conversion.entries}
         for key in top_level_keys(config):
             assert any(k == key or k.startswith((f"{key}[", f"{key}.")) for k in accounted), (relative, key)
@@ -485,3 +485,17 @@ def test_odd_values_never_crash_the_converter() -> None:
         assert [e.note for e in wrong.of("refused")] == [
             "Axolotl takes a number here, not 'abc': it rejects this value"
         ]
+
+
+def test_a_value_our_validation_rejects_is_refused_at_its_axolotl_line(tmp_path: Path) -> None:
+    """Nothing that fails our validation is written: the problem is refused as the Axolotl key its
+    value came from, at that key's line (here a pair Axolotl rejects too)."""
+    code, stderr, config = _convert(
+        tmp_path, "datasets:\n  - path: d.jsonl\n    type: alpaca\nwarmup_steps: 10\nwarmup_ratio: 0.1\n"
+    )
+    assert code == 2 and config == {}
+    assert "1 Axolotl setting(s) cannot be carried; nothing written:" in stderr
+    assert (
+        "axolotl.yml:9  warmup_steps: carried as warmup_steps, which this tool's validation rejects: "
+        "set warmup_ratio or warmup_steps, not both" in stderr
+    )

@@ -5,7 +5,8 @@ source key beside the value), dropped with a note (null placeholders, off switch
 defaults, keys Axolotl itself ignores, speed/memory-only and logging settings), or refused (a
 setting that changes what is trained and has no counterpart here): then the command exits 2 listing
 each as `FILE:LINE key: ...` and writes nothing. A converted config is validated as `validate
---skip-machine-checks` would (relative paths from the current folder) before it is written; `-o`
+--skip-machine-checks` would (relative paths from the current folder) before it is written, and a
+value our validation rejects is refused the same way, naming the Axolotl key it came from; `-o`
 never overwrites a file, and without it the config goes to stdout.
 """
 
@@ -14,12 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from trainer.cli.common import USER_ERROR, run, write_whole
-
-if TYPE_CHECKING:
-    from trainer.config.errors import ConfigErrors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,14 +31,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from trainer.tools.axolotl.convert import ConvertError, convert
+    from trainer.tools.axolotl.convert import ConvertError
     from trainer.tools.axolotl.emit import render
+    from trainer.tools.axolotl.validate import convert_checked
 
     if args.out and os.path.exists(args.out):
         print(f"convert: error: {args.out} exists; refusing to overwrite it", file=sys.stderr)
         return USER_ERROR
     try:
-        conversion = convert(args.config)
+        conversion = convert_checked(args.config)
     except ConvertError as err:
         print(f"convert: error: {err}", file=sys.stderr)
         return USER_ERROR
@@ -61,11 +59,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {entry.where}  {entry.key}: {entry.note}", file=sys.stderr)
         return USER_ERROR
     text = render(conversion)
-    problems = check(text, args.out or "converted.yml")
-    if problems is not None:
-        print("the converted config does not validate; nothing written:", file=sys.stderr)
-        print(problems.render(), file=sys.stderr)
-        return USER_ERROR
     if conversion.env:
         say("environment the run needs: " + " ".join(f"{k}={v}" for k, v in conversion.env.items()))
     if args.out:
@@ -74,21 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def check(text: str, name: str) -> ConfigErrors | None:
-    """Our validation of the converted text (machine checks set aside), or None when it passes."""
-    from trainer.config.errors import ConfigErrors
-    from trainer.config.yaml_lines import load_yaml_text
-    from trainer.resolve.registry import default_registry
-    from trainer.resolve.validate import resolve
-
-    data, source = load_yaml_text(text, name)
-    try:
-        resolve(data, source, [], default_registry(), skip_machine_checks=True)
-    except ConfigErrors as err:
-        return err
-    return None
 
 
 if __name__ == "__main__":

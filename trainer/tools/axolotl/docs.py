@@ -27,8 +27,9 @@ config. Every key of the input is accounted for:
   writes nothing.
 
 A converted config is validated (as `validate --skip-machine-checks`: relative paths from the
-current folder; a model or data path that is not on this machine is a note) before it is written,
-and `-o` never overwrites a file. Read as Axolotl reads it: a key written twice keeps its last value
+current folder; a model or data path that is not on this machine is a note) before it is written:
+a value it rejects is refused like any other, as the Axolotl key it came from, at its line. `-o`
+never overwrites a file. Read as Axolotl reads it: a key written twice keeps its last value
 (`yaml.safe_load`), a dataset option Axolotl does not know, or that the entry's type does not
 read, is dropped with a note, and a value of a type Axolotl's schema rejects (a list where it takes a
 number, ...) is refused with the type it takes. Where Axolotl's defaults
