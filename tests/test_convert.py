@@ -499,3 +499,18 @@ def test_a_value_our_validation_rejects_is_refused_at_its_axolotl_line(tmp_path:
         "axolotl.yml:9  warmup_steps: carried as warmup_steps, which this tool's validation rejects: "
         "set warmup_ratio or warmup_steps, not both" in stderr
     )
+
+
+def test_plugins_follow_the_inventory(tmp_path: Path) -> None:
+    """A plugin the inventory calls logging/speed/memory-only is dropped with its reason; one that
+    changes training is refused with it; one the inventory does not know is refused."""
+    base = "datasets:\n  - path: d.jsonl\n    type: alpaca\nplugins:\n"
+    code, stderr, _ = _convert(tmp_path, base + "  - axolotl.integrations.swanlab.SwanLabPlugin\n")
+    assert code == 0 and "plugins: SwanLabPlugin: logging" in stderr, stderr
+    code, stderr, _ = _convert(
+        tmp_path, base + "  - axolotl.integrations.spectrum.SpectrumPlugin\n  - my.own.Plugin\n"
+    )
+    assert code == 2 and (
+        "plugins: Axolotl integration plugins with no counterpart here: axolotl.integrations.spectrum."
+        "SpectrumPlugin (freezes all but the top-SNR modules (needs Spectrum's scan file)); my.own.Plugin"
+    ) in stderr, stderr

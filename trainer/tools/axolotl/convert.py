@@ -709,19 +709,33 @@ class _Converter:
             if not plugins:
                 self.drop("plugins", "no plugins")
             elif isinstance(plugins, list):
-                others = [p for p in plugins if p != LIGER_PLUGIN and p not in MEMORY_ONLY_PLUGINS]
-                if others:
-                    named = ", ".join(map(str, others))
-                    self.refuse("plugins", f"Axolotl integration plugins with no counterpart here: {named}")
-                else:
-                    notes = ["liger: the kernels above" if LIGER_PLUGIN in plugins else ""]
-                    notes += [MEMORY_ONLY_PLUGINS[p] for p in plugins if p in MEMORY_ONLY_PLUGINS]
-                    self.drop("plugins", "; ".join(n for n in notes if n))
+                self.plugin_list(plugins)
         if "cut_cross_entropy" in self.given:
             self.drop(
                 "cut_cross_entropy",
                 MEMORY_ONLY_PLUGINS["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"],
             )
+
+    def plugin_list(self, plugins: list[Any]) -> None:
+        """Liger's kernels are carried above; a plugin the inventory calls speed/memory/logging-only is
+        dropped with its reason; any other (one that changes training, or one not known) is refused."""
+        notes, refused = [], []
+        for plugin in map(str, plugins):
+            info = inventory()["plugins"].get(plugin) or {}
+            if plugin == LIGER_PLUGIN:
+                notes.append("liger: the kernels above")
+            elif plugin in MEMORY_ONLY_PLUGINS:
+                notes.append(MEMORY_ONLY_PLUGINS[plugin])
+            elif info.get("proposal") == "drop":
+                notes.append(f"{plugin.rsplit('.', 1)[-1]}: {info.get('reason')}")
+            else:
+                refused.append(plugin + (f" ({info['reason']})" if info.get("reason") else ""))
+        if refused:
+            self.refuse(
+                "plugins", f"Axolotl integration plugins with no counterpart here: {'; '.join(refused)}"
+            )
+        else:
+            self.drop("plugins", "; ".join(notes))
 
     def trackers(self) -> None:
         used: list[str] = []
