@@ -510,7 +510,11 @@ def test_plugins_follow_the_inventory(tmp_path: Path) -> None:
     code, stderr, _ = _convert(
         tmp_path, base + "  - axolotl.integrations.spectrum.SpectrumPlugin\n  - my.own.Plugin\n"
     )
-    assert code == 2 and (
-        "plugins: Axolotl integration plugins with no counterpart here: axolotl.integrations.spectrum."
-        "SpectrumPlugin (freezes all but the top-SNR modules (needs Spectrum's scan file)); my.own.Plugin"
-    ) in stderr, stderr
+    assert (
+        code == 2
+        and (
+            "plugins: Axolotl integration plugins with no counterpart here: axolotl.integrations.spectrum."
+            "SpectrumPlugin (freezes all but the top-SNR modules (needs Spectrum's scan file)); my.own.Plugin"
+        )
+        in stderr
+    ), stderr
