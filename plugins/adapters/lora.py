@@ -335,7 +335,7 @@ class Lora(Adapter[LoraOptionsT]):
                 )
             if opts.use_dora:
                 problems.append(("use_dora", "does not work with target_parameters (PEFT's ParamWrapper)"))
-            if getattr(opts, "fan_in_fan_out", False):
+            if opts.fan_in_fan_out:
                 problems.append(
                     ("fan_in_fan_out", "does not work with target_parameters (PEFT's ParamWrapper)")
                 )

@@ -79,6 +79,15 @@ def apply_overrides(loaded: Any, overrides: dict[str, Any]) -> None:
         setattr(loaded, key, value)
 
 
+def overridden_config(base_model: str, overrides: dict[str, Any], trust_remote_code: bool) -> Any:
+    """`base_model`'s transformers config with `overrides` set on it (see apply_overrides)."""
+    from transformers import AutoConfig
+
+    loaded = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    apply_overrides(loaded, overrides)
+    return loaded
+
+
 def _hint(loaded: Any, key: str) -> str:
     rope = getattr(loaded, "rope_parameters", None)
     if isinstance(rope, dict) and key in rope:

@@ -276,17 +276,13 @@ def _quantization(source: Source, quantize: bool) -> tuple[Any, str | None]:
 
 
 def _overridden_config(base_model: str, overrides: dict[str, Any], remote: bool) -> Any:
-    from transformers import AutoConfig
-
     from trainer.config.errors import ConfigErrors
-    from trainer.config.loading import apply_overrides
+    from trainer.config.loading import overridden_config
 
     try:
-        loaded = AutoConfig.from_pretrained(base_model, trust_remote_code=remote)
-        apply_overrides(loaded, overrides)
+        return overridden_config(base_model, overrides, remote)
     except (OSError, ValueError, ConfigErrors) as err:
         raise LoadError(f"cannot set the run's overrides_of_model_config on '{base_model}': {err}") from None
-    return loaded
 
 
 def _embedding_rows(folder: str) -> int | None:

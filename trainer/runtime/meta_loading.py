@@ -22,7 +22,6 @@ from typing import Any
 
 from trainer.config.errors import ConfigErrors, Problem
 from trainer.config.schema import TrainConfig
-from trainer.runtime import model_loading
 
 SKELETON_KWARGS = ("attn_implementation", "num_labels")
 """from_pretrained arguments that shape the model and mean the same to from_config."""
@@ -56,7 +55,7 @@ def empty_model(auto: Any, config: TrainConfig, kwargs: dict[str, Any]) -> Any:
                 )
             ]
         )
-    hf_config = kwargs.get("config") or model_loading.model_config(config)
+    hf_config = kwargs.get("config")  # with overrides_of_model_config set (model_loading.load_kwargs)
     if hf_config is None:
         hf_config = AutoConfig.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
     if "num_labels" in kwargs:

@@ -16,20 +16,16 @@ import math
 from typing import Any
 
 from trainer.config.errors import ConfigErrors, Problem
-from trainer.config.loading import apply_overrides
+from trainer.config.loading import overridden_config
 from trainer.config.schema import TrainConfig
 
 
-def model_config(config: TrainConfig, path: str | None = None) -> Any:
+def model_config(config: TrainConfig) -> Any:
     """The base model's config with `overrides_of_model_config` set on it, or None without any."""
     overrides = config.overrides_of_model_config
     if not overrides:
         return None
-    from transformers import AutoConfig
-
-    loaded = AutoConfig.from_pretrained(path or config.base_model, trust_remote_code=config.trust_remote_code)
-    apply_overrides(loaded, overrides)
-    return loaded
+    return overridden_config(config.base_model, overrides, config.trust_remote_code)
 
 
 def quantization_config(config: TrainConfig) -> Any:

@@ -292,7 +292,7 @@ class _Converter:
     # ---- the run ------------------------------------------------------------------------------
 
     def run(self) -> Conversion:
-        self.given = self.without_wrong_types()
+        self.given = self.well_typed(self.given, "keys")
         for handler in (
             self.preference_method,
             self.simple_keys,
@@ -320,19 +320,23 @@ class _Converter:
                 self.judge(key, self.given[key], inventory()["keys"].get(key))
         return self.out
 
-    def without_wrong_types(self) -> dict[str, Any]:
-        """The config less each key whose value Axolotl's schema rejects (refused here, with the type
-        it takes), so that no rule reads a value of a type it does not expect."""
-        keys = inventory()["keys"]
+    def well_typed(
+        self, values: dict[Any, Any], section: str, prefix: tuple[Any, ...] = ()
+    ) -> dict[Any, Any]:
+        """`values` (the config, or a dataset entry at `prefix`) less each one whose type Axolotl's
+        schema (the inventory's `section`) rejects: refused here with the type it takes, so that no
+        rule reads a value of a type it does not expect."""
+        types = inventory()[section]
         kept = {}
-        for key, value in self.given.items():
-            wanted = mismatch(str(keys.get(key, {}).get("type", "")), value) if isinstance(key, str) else None
+        for key, value in values.items():
+            wanted = (
+                mismatch(str(types.get(key, {}).get("type", "")), value) if isinstance(key, str) else None
+            )
             if wanted is None:
                 kept[key] = value
             else:
-                self.refuse(
-                    str(key), f"Axolotl takes {wanted} here, not {_short(value)}: it rejects this value"
-                )
+                note = f"Axolotl takes {wanted} here, not {_short(value)}: it rejects this value"
+                self.refuse(_dotted((*prefix, key)), note, (*prefix, key))
         return kept
 
     def judge(
@@ -404,7 +408,7 @@ class _Converter:
             tokens = self.given["special_tokens"]
             if not tokens:
                 self.drop("special_tokens", "unset")
-            elif isinstance(tokens, dict):
+            else:  # a mapping (the type gate in run())
                 extra = tokens.get("additional_special_tokens")
                 plain = {
                     k: v for k, v in tokens.items() if k != "additional_special_tokens" and v is not None
@@ -414,8 +418,6 @@ class _Converter:
                 if extra:
                     self.put(("tokens",), [*self.out.config.get("tokens", []), *extra], "special_tokens")
                 self._entry("special_tokens", "carried", "-> special_tokens" + (" + tokens" if extra else ""))
-            else:
-                self.refuse("special_tokens", "must be a mapping of token names")
 
     def preference_method(self) -> None:
         """`rl:` / `reward_model:` and the options Axolotl's trainer for it reads -> `method:`."""
@@ -531,9 +533,6 @@ class _Converter:
         if "trl" in self.given and not trl:
             self.drop("trl", "unset")
         elif trl is not None:
-            if not isinstance(trl, dict):
-                self.refuse("trl", "must be a mapping of TRL settings")
-                return None
             known = inventory().get("trl_keys", {})
             others = []
             for key, value in trl.items():
@@ -625,7 +624,7 @@ class _Converter:
         if not kwargs:
             self.drop("bnb_config_kwargs", "unset or empty")
             return True
-        if kind != "qlora" or not isinstance(kwargs, dict):
+        if kind != "qlora":
             self.drop("bnb_config_kwargs", "read only for a 4-bit load (adapter: qlora with load_in_4bit)")
             return True
         carried, ignored, refused = [], [], []
@@ -708,7 +707,7 @@ class _Converter:
         if "plugins" in self.given:
             if not plugins:
                 self.drop("plugins", "no plugins")
-            elif isinstance(plugins, list):
+            else:  # a list (the type gate in run())
                 self.plugin_list(plugins)
         if "cut_cross_entropy" in self.given:
             self.drop(
@@ -918,13 +917,7 @@ class _Converter:
         if not isinstance(entry, dict):
             self.refuse(f"{key}[{i}]", "a dataset entry must be a mapping", path)
             return None
-        fields = inventory()["dataset_keys"]
-        wrong = {k: mismatch(str(fields.get(k, {}).get("type", "")), v) for k, v in entry.items()}
-        for field_key, wanted in wrong.items():
-            if wanted is not None:
-                note = f"Axolotl takes {wanted} here, not {_short(entry[field_key])}: it rejects this value"
-                self.refuse(f"{key}[{i}].{field_key}", note, (*path, field_key))
-        if any(wrong.values()):
+        if len(self.well_typed(entry, "dataset_keys", path)) < len(entry):
             return None
         kind = entry.get("type")
         if self.method is not None:
@@ -1218,8 +1211,6 @@ class _Converter:
             self.refuse(
                 "model_quantization_config", f"{_short(name)} is not one of {', '.join(QUANTIZATION_CONFIGS)}"
             )
-        elif kwargs is not None and not isinstance(kwargs, dict):
-            self.refuse("model_quantization_config_kwargs", "must be a mapping of arguments")
         elif problems := quantization_problems(name, kwargs or {}):
             self.refuse(
                 "model_quantization_config_kwargs" if kwargs else "model_quantization_config",
@@ -1257,9 +1248,6 @@ class _Converter:
         quantizes the base: both change what is trained; each refusal names what the block asked for."""
         block = self.given.get("peft")
         if "peft" not in self.given or not block:
-            return
-        if not isinstance(block, dict):
-            self.refuse("peft", "must be a mapping (loftq_config)")
             return
         asked = []
         if block.get("loftq_config"):
